@@ -1,0 +1,289 @@
+"""The training loop.
+
+One loop serves all three data kinds. It keeps the attributes that Finetuner 0.4.1's
+callbacks read (``state``, ``_progress_bar``, ``embed_model``, ``_optimizer``,
+``_scheduler``, ``_batch_size``, ``_device_name``, ``_preprocess_fn``, ``_collate_fn``,
+``stop_training``, ``save``), so upstream callbacks (ProgressBar, EarlyStopping,
+BestModelCheckpoint, TrainingCheckpoint, WandBLogger, EvaluationCallback) and users' own
+callbacks work unchanged.
+
+Differences from upstream that a user can notice: the DataLoader is built once per fit
+(upstream rebuilt it each epoch, which restarts worker processes); a non-finite loss
+stops training with an error naming the epoch and batch instead of returning a NaN model;
+impossible batch settings are errors instead of zero training steps.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..devices import resolve_device
+from .collate import Batch, Collate
+from .data_kinds import DataKind, describe_document, detect_data_kind
+from .datasets import LabelledDataset, SessionDataset, TwoViewDataset
+from .samplers import ClassBatchSampler, InstanceBatchSampler, SessionBatchSampler
+
+if TYPE_CHECKING:
+    from docarray import DocumentArray
+
+logger = logging.getLogger("finetuner_selfsup")
+
+OptimizerFactory = Callable[[nn.Module], Union[torch.optim.Optimizer, Tuple[Any, Any]]]
+
+
+def resolve_loss(loss: Union[str, nn.Module]) -> nn.Module:
+    """A loss instance from a loss object or the name of one of this package's losses."""
+    from .. import losses
+
+    if isinstance(loss, nn.Module):
+        return loss
+    if isinstance(loss, str):
+        cls = getattr(losses, loss, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(
+                f"unknown loss {loss!r}; use one of 'NTXentLoss', 'SiameseLoss', "
+                f"'TripletLoss', or pass a loss module instance."
+            )
+        return cls()
+    raise TypeError(f"`loss` must be a loss name or an nn.Module, got {type(loss).__name__}.")
+
+
+class Tuner:
+    """Trains an embedding model on a DocumentArray (see :func:`finetuner_selfsup.fit.fit`)."""
+
+    def __init__(
+        self,
+        embed_model: nn.Module,
+        loss: Union[str, nn.Module] = "SiameseLoss",
+        configure_optimizer: Optional[OptimizerFactory] = None,
+        learning_rate: float = 1e-3,
+        scheduler_step: str = "batch",
+        callbacks: Optional[Sequence[Any]] = None,
+        device: str = "cpu",
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        from finetuner.tuner.callback import ProgressBarCallback
+        from rich.progress import Progress
+
+        if scheduler_step not in ("batch", "epoch"):
+            raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}.")
+        self.device = resolve_device(device)
+        self._device_name = device
+        self._embed_model = embed_model.to(self.device)
+        self._loss = resolve_loss(loss)
+        self._learning_rate = learning_rate
+        self._scheduler_step = scheduler_step
+        self._scheduler = None
+        self._generator = generator
+        self._progress_bar = Progress()
+        self._preprocess_fn = None
+        self._collate_fn = None
+        self._batch_size: Optional[int] = None
+        self._num_items_per_class: Optional[int] = None
+        self._num_workers = 0
+        self.stop_training = False
+
+        if configure_optimizer is not None:
+            configured = configure_optimizer(self._embed_model)
+            if isinstance(configured, tuple):
+                self._optimizer, self._scheduler = configured
+            else:
+                self._optimizer = configured
+        else:
+            self._optimizer = torch.optim.Adam(self._embed_model.parameters(), lr=learning_rate)
+        self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
+
+        from finetuner.tuner.state import TunerState
+
+        self.state = TunerState()
+
+    # -- the attributes upstream callbacks use ---------------------------------------
+    @property
+    def embed_model(self) -> nn.Module:
+        return self._embed_model
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save the model's ``state_dict`` with ``torch.save`` (upstream's contract)."""
+        torch.save(self._embed_model.state_dict(), *args, **kwargs)
+
+    def _trigger_callbacks(self, method: str, **kwargs: Any) -> None:
+        for callback in self._callbacks:
+            getattr(callback, method)(self, **kwargs)
+
+    # -- data -----------------------------------------------------------------------
+    def _data_loader(
+        self,
+        docs: "DocumentArray",
+        argument: str,
+        batch_size: int,
+        num_items_per_class: Optional[int],
+        preprocess_fn: Optional[Callable],
+        collate_fn: Optional[Callable],
+        num_workers: int,
+    ) -> Tuple[DataLoader, DataKind]:
+        kind = detect_data_kind(docs, argument)
+        generator = self._generator
+        dataset: Dataset
+        if kind is DataKind.INSTANCE:
+            if batch_size % 2:
+                raise ValueError(
+                    f"self-supervised batches hold two views of each image, so batch_size "
+                    f"(the number of views) must be even; got {batch_size}. Use "
+                    f"batch_size={batch_size - 1} or {batch_size + 1}."
+                )
+            if preprocess_fn is None and collate_fn is None:
+                raise ValueError(
+                    f"`{argument}` has no labels, so ft.fit trains self-supervised: the two "
+                    f"views of an image come from two calls of a random preprocess_fn. "
+                    f"Without one both views are identical and nothing is learned; pass "
+                    f"e.g. preprocess_fn=vision_preprocessor() (from "
+                    f"finetuner.tuner.augmentation), or label the documents."
+                )
+            dataset = TwoViewDataset(docs, preprocess_fn)
+            sampler = InstanceBatchSampler(len(dataset), batch_size // 2, generator)
+            names = [describe_document(d) for d in docs]
+        elif kind is DataKind.CLASS:
+            dataset = LabelledDataset(docs, preprocess_fn)
+            sampler = ClassBatchSampler(dataset.labels, batch_size, num_items_per_class, generator)
+            names = [describe_document(d) for d in docs]
+        else:
+            dataset = SessionDataset(docs, preprocess_fn)
+            sampler = SessionBatchSampler(dataset.labels, batch_size, generator)
+            names = [describe_document(dataset.document(i)) for i in range(len(dataset))]
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=Collate(kind, names, collate_fn),
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+        return loader, kind
+
+    def _to_device(self, inputs: Any) -> Any:
+        if isinstance(inputs, torch.Tensor):
+            return inputs.to(self.device, non_blocking=True)
+        if isinstance(inputs, dict):
+            return {k: self._to_device(v) for k, v in inputs.items()}
+        if isinstance(inputs, (list, tuple)):
+            return type(inputs)(self._to_device(v) for v in inputs)
+        return inputs
+
+    # -- the loop -------------------------------------------------------------------
+    def fit(
+        self,
+        train_data: "DocumentArray",
+        eval_data: Optional["DocumentArray"] = None,
+        preprocess_fn: Optional[Callable] = None,
+        collate_fn: Optional[Callable] = None,
+        epochs: int = 10,
+        batch_size: int = 256,
+        num_items_per_class: Optional[int] = None,
+        num_workers: int = 0,
+    ) -> None:
+        """Train for ``epochs`` epochs, evaluating the loss on ``eval_data`` after each."""
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}.")
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {batch_size}.")
+        self._preprocess_fn = preprocess_fn
+        self._collate_fn = collate_fn
+        self._batch_size = batch_size
+        self._num_items_per_class = num_items_per_class
+        self._num_workers = num_workers
+
+        train_loader, kind = self._data_loader(
+            train_data, "train_data", batch_size, num_items_per_class, preprocess_fn,
+            collate_fn, num_workers,
+        )
+        eval_loader = None
+        if eval_data is not None and len(eval_data) > 0:
+            eval_loader, _ = self._data_loader(
+                eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
+                collate_fn, num_workers,
+            )
+        logger.info("training on %d documents (%s data)", len(train_data), kind.value)
+
+        from finetuner.tuner.state import TunerState
+
+        self.state = TunerState(num_epochs=epochs)
+        try:
+            self._trigger_callbacks("on_fit_begin")
+            for epoch in range(epochs):
+                self.state.epoch = epoch
+                self.state.num_batches_train = len(train_loader.batch_sampler)
+                self.state.batch_index = 0
+                self._trigger_callbacks("on_epoch_begin")
+                self._trigger_callbacks("on_train_epoch_begin")
+                self._train_epoch(train_loader)
+                if self._scheduler_step == "epoch" and self._scheduler is not None:
+                    self._scheduler.step()
+                self._trigger_callbacks("on_train_epoch_end")
+                if eval_loader is not None:
+                    self.state.num_batches_val = len(eval_loader.batch_sampler)
+                    self.state.batch_index = 0
+                    self._trigger_callbacks("on_val_begin")
+                    self._eval_epoch(eval_loader)
+                    self._trigger_callbacks("on_val_end")
+                self._trigger_callbacks("on_epoch_end")
+                if self.stop_training:
+                    break
+            self._trigger_callbacks("on_fit_end")
+        except KeyboardInterrupt:
+            # Upstream's behaviour: stop, and hand back the model trained so far.
+            self._trigger_callbacks("on_keyboard_interrupt")
+            logger.warning(
+                "training interrupted at epoch %d, batch %d; the model is returned as "
+                "trained so far.", self.state.epoch + 1, self.state.batch_index + 1,
+            )
+        except BaseException as exc:
+            self._trigger_callbacks("on_exception", exception=exc)
+            raise
+
+    def _loss_of(self, batch: Batch) -> torch.Tensor:
+        inputs = self._to_device(batch.inputs)
+        labels = self._to_device(batch.labels)
+        embeddings = self._embed_model(inputs)
+        return self._loss(embeddings, labels)
+
+    def _check_finite(self, loss: torch.Tensor, phase: str) -> float:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the {phase} loss became {value} at epoch {self.state.epoch + 1}, batch "
+                f"{self.state.batch_index + 1}; training stopped so that no broken model is "
+                f"returned. Try a lower learning_rate, check the inputs for NaN/inf values, "
+                f"or (NT-Xent) a higher temperature."
+            )
+        return value
+
+    def _train_epoch(self, loader: DataLoader) -> None:
+        self._embed_model.train()
+        for index, batch in enumerate(loader):
+            self.state.batch_index = index
+            for group_index, group in enumerate(self._optimizer.param_groups):
+                self.state.learning_rates[f"group_{group_index}"] = group["lr"]
+            self._trigger_callbacks("on_train_batch_begin")
+            loss = self._loss_of(batch)
+            value = self._check_finite(loss, "training")
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._optimizer.step()
+            if self._scheduler_step == "batch" and self._scheduler is not None:
+                self._scheduler.step()
+            self.state.current_loss = value
+            self._trigger_callbacks("on_train_batch_end")
+
+    def _eval_epoch(self, loader: DataLoader) -> None:
+        self._embed_model.eval()
+        with torch.no_grad():
+            for index, batch in enumerate(loader):
+                self.state.batch_index = index
+                self._trigger_callbacks("on_val_batch_begin")
+                self.state.current_loss = self._check_finite(self._loss_of(batch), "validation")
+                self._trigger_callbacks("on_val_batch_end")

@@ -1,0 +1,141 @@
+"""``ft.fit``: Finetuner 0.4.1's entry point, on this package's engine.
+
+Importing this module is cheap (torch is imported on the first call), because the plugin
+installs :func:`fit` as ``finetuner.fit`` while ``import finetuner`` runs.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    import torch
+    from docarray import DocumentArray
+    from torch import nn
+
+logger = logging.getLogger("finetuner_selfsup")
+
+
+def fit(
+    model: "nn.Module",
+    train_data: "DocumentArray",
+    eval_data: Optional["DocumentArray"] = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    loss: Union[str, "nn.Module"] = "SiameseLoss",
+    configure_optimizer: Optional[Callable[["nn.Module"], Any]] = None,
+    learning_rate: float = 1e-3,
+    scheduler_step: str = "batch",
+    device: str = "cpu",
+    preprocess_fn: Optional[Callable[[Any], Any]] = None,
+    collate_fn: Optional[Callable[[List[Any]], Any]] = None,
+    num_items_per_class: Optional[int] = None,
+    callbacks: Optional[Sequence[Any]] = None,
+    num_workers: int = 0,
+    to_embedding_model: bool = False,
+    input_size: Optional[Tuple[int, ...]] = None,
+    input_dtype: str = "float32",
+    layer_name: Optional[str] = None,
+    freeze: Union[bool, List[str]] = False,
+    projection_head: Optional["nn.Module"] = None,
+    *,
+    seed: Optional[int] = None,
+) -> "nn.Module":
+    """Fine-tune ``model`` on ``train_data`` and return the trained model.
+
+    Finetuner 0.4.1's signature and meaning, argument for argument. What kind of training
+    runs depends on the documents:
+
+    * no ``tags['finetuner_label']`` on any document -> **self-supervised** (SimCLR): each
+      image of a batch is seen as two views, two independent calls of the random
+      ``preprocess_fn``; ``batch_size`` counts views, so a batch holds
+      ``batch_size // 2`` images. Use ``loss=NTXentLoss(...)`` and
+      ``preprocess_fn=vision_preprocessor()``.
+    * a label on every document -> **supervised**: batches of ``num_items_per_class``
+      items from each of ``batch_size // num_items_per_class`` classes.
+    * no labels but labelled ``matches`` -> session training, as upstream.
+
+    Tailoring (with ``to_embedding_model=True``): the model is cut after ``layer_name``
+    (a name from ``finetuner.display(model, input_size=...)``), layers named in
+    ``freeze`` (or all, with ``freeze=True``) stop training, and a ``projection_head`` is
+    put on top. The model returned then keeps the head, as upstream: it is an
+    ``nn.Sequential`` with ``.embed_model`` (the backbone, for feature extraction) and
+    ``.projection_head``. Passing it back to ``fit`` with ``to_embedding_model=True`` and a
+    ``layer_name`` inside the backbone removes the head and fine-tunes the backbone.
+
+    Without ``to_embedding_model`` the given model itself is trained (in place) and returned.
+
+    :param seed: (not in Finetuner 0.4.1) seeds torch, Python's ``random`` and numpy and the
+        batch order, for repeatable runs on CPU.
+    :param epochs, batch_size, loss, learning_rate, ...: as in Finetuner 0.4.1. The
+        default optimiser is Adam with ``learning_rate``; ``configure_optimizer(model)``
+        may return an optimiser or ``(optimiser, scheduler)``, the scheduler being
+        stepped every ``scheduler_step`` ('batch' or 'epoch').
+    """
+    import torch
+
+    from .devices import resolve_device
+    from .engine.tuner import Tuner
+
+    resolve_device(device)  # fail before any work if e.g. CUDA is missing
+    generator = None
+    if seed is not None:
+        _seed_everything(seed)
+        generator = torch.Generator().manual_seed(seed)
+
+    if to_embedding_model:
+        from .tailoring import to_embedding_model as tailor
+
+        model = tailor(
+            model,
+            layer_name=layer_name,
+            input_size=input_size,
+            input_dtype=input_dtype,
+            freeze=freeze,
+            projection_head=projection_head,
+            device=device,
+        )
+    else:
+        ignored = {
+            "projection_head": projection_head is not None,
+            "layer_name": layer_name is not None,
+            "freeze": freeze is not False,
+        }
+        given = [name for name, is_given in ignored.items() if is_given]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only take effect when the model is tailored; pass "
+                f"to_embedding_model=True (and input_size=...) as well."
+            )
+
+    Tuner(
+        model,
+        loss=loss,
+        configure_optimizer=configure_optimizer,
+        learning_rate=learning_rate,
+        scheduler_step=scheduler_step,
+        callbacks=callbacks,
+        device=device,
+        generator=generator,
+    ).fit(
+        train_data,
+        eval_data,
+        preprocess_fn=preprocess_fn,
+        collate_fn=collate_fn,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_items_per_class=num_items_per_class,
+        num_workers=num_workers,
+    )
+    return model
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
