@@ -5,7 +5,7 @@ at interpreter start-up unless ``FINETUNER_SELFSUP_DISABLE=1``). Activation is c
 only registers an import hook (see :mod:`finetuner_selfsup._bootstrap`); torch, docarray
 and the training engine are imported when ``finetuner``/``docarray`` are, or on first use.
 """
-from typing import Any
+from __future__ import annotations
 
 from . import _bootstrap
 
@@ -19,7 +19,7 @@ is_active = _bootstrap.is_installed
 activate()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "object":
     # Lazy, so that ``import finetuner_selfsup`` (and interpreter start-up) stays light.
     if name == "fit":
         from .fit import fit

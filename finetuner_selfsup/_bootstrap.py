@@ -17,13 +17,17 @@ when the module they patch is imported.
 """
 from __future__ import annotations
 
+# Imported at every interpreter start-up: only modules Python has loaded anyway by then
+# (importlib.abc/util and typing would add ~25 ms, so the finder and loaders are
+# duck-typed and the annotations stay strings).
 import importlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 from types import ModuleType
-from typing import Callable, Dict, Optional, Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional, Sequence
 
 ENV_DISABLE = "FINETUNER_SELFSUP_DISABLE"
 
@@ -49,7 +53,7 @@ def _resolve(target: str) -> Callable[[ModuleType], None]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader:
     """Loads an upstream name as an already-existing module of this package."""
 
     def __init__(self, target: str) -> None:
@@ -67,10 +71,10 @@ class _AliasLoader(importlib.abc.Loader):
         module.__spec__ = self._target_spec
 
 
-class _PatchingLoader(importlib.abc.Loader):
+class _PatchingLoader:
     """Wraps the real loader of a module and patches the module once it has executed."""
 
-    def __init__(self, wrapped: importlib.abc.Loader, patch: str) -> None:
+    def __init__(self, wrapped: object, patch: str) -> None:
         self._wrapped = wrapped
         self._patch = patch
 
@@ -90,7 +94,7 @@ class _PatchingLoader(importlib.abc.Loader):
         return getattr(self._wrapped, name)
 
 
-class SelfSupFinder(importlib.abc.MetaPathFinder):
+class SelfSupFinder:
     """Meta-path finder that applies :data:`REDIRECTS` and :data:`POST_IMPORT_PATCHES`."""
 
     def find_spec(
@@ -100,7 +104,7 @@ class SelfSupFinder(importlib.abc.MetaPathFinder):
         target: Optional[ModuleType] = None,
     ) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname in REDIRECTS:
-            return importlib.util.spec_from_loader(fullname, _AliasLoader(REDIRECTS[fullname]))
+            return importlib.machinery.ModuleSpec(fullname, _AliasLoader(REDIRECTS[fullname]))
         if fullname in POST_IMPORT_PATCHES:
             spec = self._find_real_spec(fullname, path, target)
             if spec is None or spec.loader is None:
