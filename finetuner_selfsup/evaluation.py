@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .devices import DeviceLike, resolve_device
+from .documents import describe_document
 
 #: default memory budget of one chunk of the similarity matrix (256 MiB)
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
@@ -47,13 +48,6 @@ RanksLike = Union[torch.Tensor, Sequence[int]]
 # =====================================================================================
 # embedding
 # =====================================================================================
-
-
-def describe_document(doc: Any) -> str:
-    """A short name for error messages: the document's id and, if it has one, its uri."""
-    doc_id = getattr(doc, "id", None)
-    uri = getattr(doc, "uri", None)
-    return f"Document(id={doc_id!r}, uri={uri!r})" if uri else f"Document(id={doc_id!r})"
 
 
 def _model_input(doc: Any, preprocess_fn: Optional[Callable[[Any], Any]]) -> torch.Tensor:

@@ -27,17 +27,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from ..documents import describe_document
+
 #: default byte budget of the decoded-image cache (per process)
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
 class DocumentImageError(ValueError):
     """A document's image cannot be used (missing, unreadable, or of an unsupported form)."""
-
-
-def describe_document(doc: Any) -> str:
-    """``Document id='…', uri='…'`` -- how error messages name a document."""
-    return f"Document id={getattr(doc, 'id', None)!r}, uri={getattr(doc, 'uri', None)!r}"
 
 
 # --------------------------------------------------------------------------- decoding

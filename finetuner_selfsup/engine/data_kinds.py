@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, List
 
+from ..documents import describe_document
+
 if TYPE_CHECKING:
     from docarray import Document, DocumentArray
 
@@ -25,12 +27,6 @@ class DataKind(enum.Enum):
     CLASS = "class"
     #: no labels, but ``matches`` tagged +1 / -1 relative to their root document
     SESSION = "session"
-
-
-def describe_document(doc: "Document") -> str:
-    """A short, human-usable reference to a document: its id, and its uri if it has one."""
-    uri = getattr(doc, "uri", None)
-    return f"document {doc.id}" + (f" (uri={uri!r})" if uri else "")
 
 
 def _named(docs: List["Document"]) -> str:
