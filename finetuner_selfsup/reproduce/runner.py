@@ -1,0 +1,239 @@
+"""Run the table's columns on a pair set, resume after interruptions, write the results.
+
+Output folder layout::
+
+    results.json            settings, data, versions, hardware, and each finished column
+    results.md              the same as Markdown, table in the tutorial's format
+    models/<column>.pt      final weights of each column's model (state_dict)
+    checkpoints/            per-epoch checkpoint of the self-supervised stage
+    curves/<column>--<stage>.png   training loss of every fit
+
+A column already in ``results.json`` is not recomputed, nor is a finished epoch of the
+self-supervised stage; a results file made with other settings is refused (use another
+output folder) rather than mixed with the new numbers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..data import load_tll, split_self_supervised, split_supervised
+from ..evaluation import embed_documents, evaluate_pairs, format_table, pair_keys_to_partner, top_k
+from .columns import (
+    COLUMNS,
+    LABELS_ONLY,
+    PRETRAINED,
+    SELF_SUPERVISED,
+    SUPERVISED,
+    ColumnRunner,
+)
+from .environment import describe_environment
+from .settings import RunSettings
+
+logger = logging.getLogger("finetuner_selfsup")
+
+
+@dataclass
+class TableResults:
+    """What a run produced: metrics per column plus everything needed to judge them."""
+
+    settings: Dict[str, Any]
+    data: Dict[str, Any]
+    environment: Dict[str, Any]
+    columns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def metrics(self) -> Dict[str, Dict[str, float]]:
+        return {name: column["metrics"] for name, column in self.columns.items()}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _load_results(path: Path, settings: RunSettings) -> Optional[TableResults]:
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != settings.fingerprint():
+        changed = sorted(
+            key for key, value in settings.fingerprint().items()
+            if saved.get("fingerprint", {}).get(key) != value
+        )
+        raise ValueError(
+            f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
+            f"use another output folder, or delete it to start over."
+        )
+    return TableResults(saved["settings"], saved["data"], saved["environment"], saved["columns"])
+
+
+def render_markdown(results: TableResults, ks: Sequence[int], title: str, command: str) -> str:
+    """The results page: the tutorial's table, all metrics, settings and environment."""
+    order = [c for c in COLUMNS if c in results.columns]
+    hit_table = (
+        format_table({c: results.columns[c]["metrics"] for c in order}, ks)
+        if order else "(no column has finished yet)"
+    )
+    lines = [f"# {title}", "", f"Produced by: `{command}`", "", hit_table, ""]
+    if order:
+        names = sorted(results.columns[order[0]]["metrics"])
+        lines += ["## All metrics", "", "| column | " + " | ".join(names) + " | wall time (s) |"]
+        lines.append("|" + "---|" * (len(names) + 2))
+        for column in order:
+            metrics = results.columns[column]["metrics"]
+            values = " | ".join(f"{metrics[n]:.3f}" for n in names)
+            lines.append(f"| {column} | {values} | {results.columns[column]['wall_seconds']:.0f} |")
+    lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
+    lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
+    lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+class TableRun:
+    """One reproduction run over a TLL-shaped folder (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        data_root: Path,
+        out_dir: Path,
+        title: str = "Totally-Looks-Like retrieval",
+        command: str = "finetuner-selfsup reproduce",
+    ) -> None:
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.title = title
+        self.command = command
+        self.pairs = load_tll(data_root)
+        self.ssl_split = split_self_supervised(
+            self.pairs, settings.pretrain_ratio, settings.finetune_ratio
+        )
+        self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
+        self.runner = ColumnRunner(settings, self.out_dir / "checkpoints")
+        self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
+            settings=settings.to_dict(),
+            data={
+                "root": str(self.pairs.root),
+                "pairs": len(self.pairs.left),
+                "self_supervised_pretrain_images": len(self.ssl_split.pretrain),
+                "finetune_images": len(self.ssl_split.finetune),
+                "supervised_train_images": len(self.sup_split.train),
+                "eval_queries": len(self.ssl_split.eval_left),
+                "eval_index": len(self.ssl_split.eval_right),
+            },
+            environment=describe_environment(settings.device),
+        )
+        # Written before any training, so that checkpoints in this folder are always
+        # covered by the settings check of a later run.
+        self.save()
+
+    # -- columns ---------------------------------------------------------------------
+    def _train(self, column: str) -> nn.Module:
+        r, ssl, sup = self.runner, self.ssl_split, self.sup_split
+        if column == PRETRAINED:
+            return r.pretrained()
+        if column == SUPERVISED:
+            return r.supervised(sup.train)
+        if column == SELF_SUPERVISED:
+            return r.self_supervised(ssl.pretrain, ssl.finetune)
+        if column == LABELS_ONLY:
+            return r.labels_only(ssl.finetune)
+        raise ValueError(f"unknown column {column!r}; choose from {', '.join(COLUMNS)}")
+
+    def model_path(self, column: str) -> Path:
+        return self.out_dir / "models" / f"{column.replace('%', 'pct').replace(' ', '-')}.pt"
+
+    def run(self, columns: Sequence[str] = COLUMNS) -> TableResults:
+        for column in columns:
+            if column not in COLUMNS:
+                raise ValueError(f"unknown column {column!r}; choose from {', '.join(COLUMNS)}")
+        for column in columns:
+            if column in self.results.columns:
+                logger.info("%s: already computed, skipped (delete %s to redo it)",
+                            column, self.out_dir / "results.json")
+                continue
+            started = time.perf_counter()
+            model = self._train(column)
+            self.model_path(column).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), self.model_path(column))
+            result = self.evaluate(model)
+            self.results.columns[column] = {
+                "metrics": result.metrics,
+                "wall_seconds": time.perf_counter() - started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            self._save_curves()
+            self.save()
+        return self.results
+
+    def evaluate(self, model: nn.Module):
+        s = self.settings
+        return evaluate_pairs(
+            model, self.ssl_split.eval_left, self.ssl_split.eval_right,
+            preprocess_fn=self.runner.plain_images, ks=s.ks, batch_size=s.eval_batch_size,
+            device=s.device,
+        )
+
+    # -- outputs ---------------------------------------------------------------------
+    def save(self) -> None:
+        data = {
+            "settings": self.results.settings,
+            "fingerprint": self.settings.fingerprint(),
+            "data": self.results.data,
+            "environment": self.results.environment,
+            "columns": self.results.columns,
+            "command": self.command,
+        }
+        _atomic_write(self.out_dir / "results.json", json.dumps(data, indent=2))
+        _atomic_write(
+            self.out_dir / "results.md",
+            render_markdown(self.results, self.settings.ks, self.title, self.command),
+        )
+
+    def _save_curves(self) -> None:
+        from ..pictures import save_loss_curve
+
+        for key, recorder in self.runner.recorders.items():
+            if not recorder.losses:
+                continue
+            name = key.replace("/", "--").replace("%", "pct").replace(" ", "-")
+            save_loss_curve(
+                self.out_dir / "curves" / f"{name}.png", recorder.losses, title=key,
+                epoch_boundaries=recorder.epoch_ends[:-1],
+            )
+
+    def save_examples(self, path: Path, column: str = SELF_SUPERVISED, num_queries: int = 8) -> Path:
+        """A PNG of the first queries with their top-5 results under ``column``'s model."""
+        from ..pictures import save_retrieval_examples
+
+        model = self._train_or_load(column)
+        s, left, right = self.settings, self.ssl_split.eval_left, self.ssl_split.eval_right
+        query_emb = embed_documents(left, model, self.runner.plain_images, s.eval_batch_size, s.device)
+        index_emb = embed_documents(right, model, self.runner.plain_images, s.eval_batch_size, s.device)
+        indices, _ = top_k(query_emb, index_emb, 5)
+        partner = pair_keys_to_partner(
+            [Path(d.uri).name for d in left], [Path(d.uri).name for d in right]
+        )
+        return save_retrieval_examples(
+            path, left, right, indices, partner, num_queries=num_queries,
+            title=f"{self.title}: top-5 under '{column}' (true partner outlined)",
+        )
+
+    def _train_or_load(self, column: str) -> nn.Module:
+        path = self.model_path(column)
+        if column == PRETRAINED or column not in self.results.columns or not path.exists():
+            return self._train(column)
+        model = self.runner.cut(self.runner.backbone())
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model

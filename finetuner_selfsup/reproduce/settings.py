@@ -1,0 +1,99 @@
+"""Settings of a reproduction run, and the presets the commands start from.
+
+The tutorial preset is the seed tutorial's values (and, for the fully supervised column,
+the recipe that produced its published numbers, see FACTS.md); the demo preset scales the
+same pipeline down to a small CPU run on the built-in pair set.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass
+class RunSettings:
+    """Everything that decides a run's numbers (the results file records all of it)."""
+
+    #: torchvision architecture of the backbone
+    model: str = "resnet50"
+    #: 'imagenet' (torchvision's IMAGENET1K_V1, needs a download once) or 'none' (random init)
+    weights: str = "imagenet"
+    #: the tailor's cut: the backbone's embedding layer
+    layer_name: str = "adaptiveavgpool2d_173"
+    #: side of the square training crops (and the tailor's input_size)
+    image_size: int = 224
+    #: resize evaluation images to image_size (False = the tutorial's protocol: no resize)
+    eval_resize: bool = False
+
+    # self-supervised pre-training (the seed's first fit)
+    ssl_epochs: int = 50
+    ssl_batch_size: int = 512
+    ssl_learning_rate: float = 1e-3
+    temperature: float = 0.1
+    head_output_dim: int = 1024
+    head_layers: int = 2
+
+    # fine-tuning on the labelled 10 % (the seed's second fit)
+    finetune_epochs: int = 10
+    finetune_batch_size: int = 128
+    finetune_learning_rate: float = 1e-5
+    margin: float = 0.3
+    num_items_per_class: int = 2
+
+    # full supervision on 80 % (the recipe behind the published 'fine-tuned' column)
+    supervised_epochs: int = 6
+    supervised_batch_size: int = 128
+    supervised_learning_rate: float = 1e-5
+
+    # splits (fractions of the pairs, in sorted order)
+    pretrain_ratio: float = 0.7
+    finetune_ratio: float = 0.1
+    supervised_ratio: float = 0.8
+
+    ks: Tuple[int, ...] = (1, 5, 10)
+    device: str = "cpu"
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    seed: Optional[int] = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["ks"] = list(self.ks)
+        return data
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """The settings that change results (not device, workers or batch of evaluation)."""
+        data = self.to_dict()
+        for name in ("device", "num_workers", "eval_batch_size"):
+            data.pop(name)
+        return data
+
+    def replace(self, **changes: Any) -> "RunSettings":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+#: the seed tutorial's values
+TUTORIAL = RunSettings()
+
+#: the same pipeline at CPU scale: ResNet-18 from scratch on 64 px images
+DEMO = RunSettings(
+    model="resnet18",
+    weights="none",
+    layer_name="adaptiveavgpool2d_67",
+    image_size=64,
+    eval_resize=True,
+    ssl_epochs=20,
+    ssl_batch_size=128,
+    head_output_dim=128,
+    finetune_epochs=10,
+    finetune_batch_size=32,
+    finetune_learning_rate=1e-4,
+    supervised_epochs=10,
+    supervised_batch_size=32,
+    supervised_learning_rate=1e-4,
+    eval_batch_size=128,
+)

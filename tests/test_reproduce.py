@@ -1,0 +1,133 @@
+"""The reproduction runner and the CLI, end to end at a reduced size on generated pairs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from finetuner_selfsup.cli import main
+from finetuner_selfsup.data.demo_pairs import make_demo_pairs
+from finetuner_selfsup.reproduce.columns import COLUMNS, LABELS_ONLY, SELF_SUPERVISED, EpochCheckpoint, resume_state
+from finetuner_selfsup.reproduce.runner import TableRun
+from finetuner_selfsup.reproduce.settings import DEMO, TUTORIAL
+
+TINY = DEMO.replace(
+    image_size=32, ssl_epochs=2, ssl_batch_size=16, head_output_dim=16, finetune_epochs=1,
+    finetune_batch_size=4, supervised_epochs=1, supervised_batch_size=8, eval_batch_size=16,
+)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_demo_pairs(tmp_path_factory.mktemp("pairs"), num_pairs=30, image_size=(32, 32), seed=0)
+
+
+def test_tutorial_preset_is_the_seed_tutorial():
+    assert (TUTORIAL.model, TUTORIAL.layer_name, TUTORIAL.image_size) == ("resnet50", "adaptiveavgpool2d_173", 224)
+    assert (TUTORIAL.ssl_epochs, TUTORIAL.ssl_batch_size, TUTORIAL.temperature) == (50, 512, 0.1)
+    assert (TUTORIAL.head_output_dim, TUTORIAL.head_layers) == (1024, 2)
+    assert (TUTORIAL.finetune_epochs, TUTORIAL.finetune_batch_size, TUTORIAL.finetune_learning_rate) == (10, 128, 1e-5)
+    assert (TUTORIAL.margin, TUTORIAL.num_items_per_class) == (0.3, 2)
+    # the recipe of the published fully supervised column (FACTS.md)
+    assert (TUTORIAL.supervised_epochs, TUTORIAL.supervised_batch_size, TUTORIAL.supervised_learning_rate) == (6, 128, 1e-5)
+    assert (TUTORIAL.pretrain_ratio, TUTORIAL.finetune_ratio, TUTORIAL.supervised_ratio) == (0.7, 0.1, 0.8)
+
+
+def test_all_columns_then_resume_without_recomputing(pairs, tmp_path):
+    run = TableRun(TINY, pairs, tmp_path)
+    assert run.results.data["pairs"] == 30 and run.results.data["eval_queries"] == 6
+    results = run.run()
+    assert list(results.columns) == list(COLUMNS)
+    for column in results.columns.values():
+        for name, value in column["metrics"].items():
+            assert 0.0 <= value <= 1.0 and math.isfinite(value), name
+        assert column["metrics"]["hit@10"] >= column["metrics"]["hit@5"] >= column["metrics"]["hit@1"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["settings"]["model"] == "resnet18" and "torch" in saved["environment"]["packages"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| hit@1  |" in markdown and SELF_SUPERVISED in markdown
+    for curve in (tmp_path / "curves").glob("*.png"):
+        Image.open(curve).verify()
+    assert len(list((tmp_path / "curves").glob("*.png"))) == 4
+
+    # a second run finds every column done: nothing is trained again
+    again = TableRun(TINY, pairs, tmp_path)
+    build_backbone = again.runner.backbone
+    again.runner.backbone = lambda: pytest.fail("a finished column was recomputed")
+    assert again.run().metrics() == results.metrics()
+    again.runner.backbone = build_backbone  # the saved weights need the architecture
+
+    # the example grid under a finished column loads that column's saved model
+    path = again.save_examples(tmp_path / "examples.png", column=LABELS_ONLY, num_queries=4)
+    with Image.open(path) as image:
+        image.verify()
+
+
+def test_other_settings_in_the_same_folder_are_refused(pairs, tmp_path):
+    TableRun(TINY, pairs, tmp_path)
+    with pytest.raises(ValueError, match="temperature"):
+        TableRun(TINY.replace(temperature=0.5), pairs, tmp_path)
+
+
+def test_self_supervised_stage_resumes_from_its_last_epoch(pairs, tmp_path):
+    run = TableRun(TINY, pairs, tmp_path)
+    first = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
+    state = resume_state(tmp_path / "checkpoints" / "self-supervised-pretraining.pt")
+    assert state["epochs_done"] == TINY.ssl_epochs
+    # all epochs done: a new runner returns the checkpoint's weights without training
+    rerun = TableRun(TINY, pairs, tmp_path)
+    rerun.runner.recorders.clear()
+    second = rerun.runner.self_supervised_pretraining(rerun.ssl_split.pretrain)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    assert not rerun.runner.recorders  # no fit ran
+
+
+def test_epoch_checkpoint_is_written_atomically(tmp_path):
+    class FakeTuner:
+        class state:
+            epoch = 2
+
+        embed_model = torch.nn.Linear(2, 2)
+        _optimizer = torch.optim.SGD(embed_model.parameters(), lr=0.1)
+
+    EpochCheckpoint(tmp_path / "c.pt", epochs_done_before=5).on_epoch_end(FakeTuner())
+    assert resume_state(tmp_path / "c.pt")["epochs_done"] == 8
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_demo_end_to_end(tmp_path, capsys):
+    code = main([
+        "demo", "--out", str(tmp_path / "out"), "--pairs", "30", "--image-size", "32",
+        "--ssl-epochs", "1", "--finetune-epochs", "1", "--supervised-epochs", "1",
+        "--set", "ssl_batch_size=16", "--set", "finetune_batch_size=4", "--set", "supervised_batch_size=8",
+        "--columns", "pre-trained", "10% labels only", "--save-examples", str(tmp_path / "examples.png"),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "synthetic" in printed and "| hit@5  |" in printed and "10% labels only" in printed
+    assert "self-supervision" not in json.loads((tmp_path / "out" / "results.json").read_text())["columns"]
+    with Image.open(tmp_path / "examples.png") as image:
+        image.verify()
+
+
+def test_verdict_compares_self_supervision_with_labels_only():
+    from finetuner_selfsup.cli import _verdict
+
+    metrics = {
+        SELF_SUPERVISED: {"hit@1": 0.3, "hit@5": 0.5},
+        LABELS_ONLY: {"hit@1": 0.2, "hit@5": 0.6},
+    }
+    assert _verdict(metrics, (1, 5)) == (
+        "Self-supervised pre-training helped partly on this data: self-supervision minus "
+        "'10% labels only' = hit@1 +0.100, hit@5 -0.100."
+    )
+    assert _verdict({LABELS_ONLY: metrics[LABELS_ONLY]}, (1, 5)) == ""
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert main(["reproduce", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "error" in capsys.readouterr().err
