@@ -78,6 +78,13 @@ def _load_results(path: Path, settings: RunSettings) -> Optional[TableResults]:
     return TableResults(saved["settings"], saved["data"], saved["environment"], saved["columns"])
 
 
+def _metric_order(name: str) -> tuple:
+    """hit@1, hit@5, hit@10, recall@..., ndcg@..., then mrr and map."""
+    family, _, k = name.partition("@")
+    families = ("hit", "recall", "ndcg", "mrr", "map")
+    return (families.index(family) if family in families else len(families), int(k or 0), name)
+
+
 def render_markdown(results: TableResults, ks: Sequence[int], title: str, command: str) -> str:
     """The results page: the tutorial's table, all metrics, settings and environment."""
     order = [c for c in COLUMNS if c in results.columns]
@@ -87,7 +94,7 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
     )
     lines = [f"# {title}", "", f"Produced by: `{command}`", "", hit_table, ""]
     if order:
-        names = sorted(results.columns[order[0]]["metrics"])
+        names = sorted(results.columns[order[0]]["metrics"], key=_metric_order)
         lines += ["## All metrics", "", "| column | " + " | ".join(names) + " | wall time (s) |"]
         lines.append("|" + "---|" * (len(names) + 2))
         for column in order:
