@@ -12,6 +12,24 @@ Two sources, in this order:
 
 Upstream Finetuner 0.4.1 instead loaded the uri *into* ``doc.tensor`` and normalised it in
 place, so the second view of a document saw an already-normalised image.
+
+Decoding policy (each point is tested in ``tests/test_bad_images.py`` and listed in
+``RELIABILITY.md``):
+
+* every failure is a :class:`DocumentImageError` naming the document and what to do;
+  truncated files are errors (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left as the user
+  set it -- ``False`` by default -- and the image is decoded inside the error handling);
+* alpha is dropped, not composited (as PIL's ``convert('RGB')`` and the ``doc.tensor``
+  path do); 16-bit greyscale is scaled ``0..65535 -> 0..255``, not clipped;
+* a *decode-size hint* ``min_side`` (given by :class:`~.preprocessor.VisionPreprocessor`)
+  lets a much larger image be decoded smaller: with ``min_side`` set, an image whose
+  short side is at least ``2 * min_side`` is reduced by an integer factor whose result
+  keeps a short side of at least ``min_side`` -- JPEGs in the decoder (PIL draft mode,
+  1/2 to 1/8 scale, so the full-size image is never in memory), other formats after
+  decoding. Smaller images are decoded exactly as without the hint;
+* images whose decoded size exceeds :func:`max_decoded_pixels` (PIL's decompression-bomb
+  limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, about 179 Mpx by default) are refused before
+  decoding; a JPEG counts at its draft-reduced size, so large JPEGs pass.
 """
 from __future__ import annotations
 
@@ -22,12 +40,15 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..documents import describe_document
+
+if TYPE_CHECKING:  # PIL is imported on first decode, keeping this module light
+    from PIL.Image import Image as PILImage
 
 #: default byte budget of the decoded-image cache (per process)
 DEFAULT_CACHE_BYTES = 2 * 1024**3
@@ -53,28 +74,154 @@ def read_uri_bytes(uri: str) -> bytes:
         return fp.read()
 
 
-def decode_image(data: bytes) -> torch.Tensor:
+#: the first bytes of every JPEG (SOI marker and the next marker's 0xFF)
+_JPEG_MAGIC = b"\xff\xd8\xff"
+#: greyscale modes holding 16-bit values: PNG/TIFF ``I;16*``, and ``I`` (PIL's 32-bit
+#: integer mode, which 16-bit PNGs may also open as); ``I`` is read as 16-bit too
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: EXIF tag of the orientation (1 = stored upright)
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageTooLargeError(ValueError):
+    """The image would decode to more than :func:`max_decoded_pixels` pixels."""
+
+
+def max_decoded_pixels() -> Optional[int]:
+    """The most pixels an image may decode to: ``2 * PIL.Image.MAX_IMAGE_PIXELS``.
+
+    That is PIL's own ``DecompressionBombError`` threshold (about 179 Mpx by default), so
+    one setting governs both; ``PIL.Image.MAX_IMAGE_PIXELS = None`` removes the bound.
+    Read at every decode, so changing PIL's setting takes effect at once.
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def open_image(data: bytes) -> "PILImage":
+    """Open encoded bytes lazily (header only) under this module's size policy.
+
+    PIL's ``DecompressionBombWarning`` is silenced (:func:`max_decoded_pixels` is enforced
+    on the size actually decoded instead) and its ``DecompressionBombError`` becomes
+    :class:`ImageTooLargeError` -- except for JPEGs, which are opened past PIL's check
+    because :func:`decode_image` can decode them at 1/2 to 1/8 scale.
+
+    :raises ValueError: for empty data; PIL's errors for data it cannot identify.
+    """
+    from PIL import Image
+
+    if not data:
+        raise ValueError("the file is empty (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            if not data.startswith(_JPEG_MAGIC):
+                raise ImageTooLargeError(str(exc)) from exc
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    return JpegImageFile(io.BytesIO(data))
+
+
+def decode_image(data: bytes, min_side: Optional[int] = None) -> torch.Tensor:
     """Decode encoded image bytes to a uint8 ``(3, H, W)`` RGB tensor.
 
-    EXIF orientation is applied (phone photos are stored rotated) and every mode
-    (L, P, RGBA, CMYK, ...) is converted to RGB. The tensor is a channel-first *view* of
-    an ``(H, W, 3)`` buffer: torchvision's uint8 resize is fastest on that layout.
-    """
-    from PIL import Image, ImageOps
+    EXIF orientation is applied (phone photos are stored rotated) and every mode is
+    converted to RGB (:func:`to_rgb`). With ``min_side``, an image whose short side is at
+    least ``2 * min_side`` is decoded smaller, keeping a short side of at least
+    ``min_side`` (JPEGs in the decoder, see the module docstring). The tensor is a
+    channel-first *view* of an ``(H, W, 3)`` buffer: torchvision's uint8 resize is
+    fastest on that layout.
 
-    with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        array = np.array(img, dtype=np.uint8)  # one writable copy, owned by the tensor
+    :raises ImageTooLargeError: above :func:`max_decoded_pixels`.
+    :raises OSError: for truncated or corrupt data (raised here, at decode time, because
+        the image is loaded explicitly).
+    """
+    from PIL import ImageOps
+
+    with open_image(data) as image:
+        if min_side:
+            _draft(image, min_side)
+        _check_pixel_bound(image.size)
+        image.load()
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+        if min_side:
+            image = _reduce(image, min_side)
+        array = np.array(image, dtype=np.uint8)  # one writable copy, owned by the tensor
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+
+def _draft(image: "PILImage", min_side: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale, keeping the short side >= ``min_side``.
+
+    PIL picks the largest such scale; ``draft`` is a no-op for other formats. Mode
+    ``'RGB'`` asks for no colour change (only L/YCbCr requests change a JPEG's mode).
+    """
+    if min(image.size) >= 2 * min_side:
+        image.draft("RGB", (min_side, min_side))
+
+
+def _reduce(image: "PILImage", min_side: int) -> "PILImage":
+    """Box-reduce by the integer factor ``short side // min_side`` if that is >= 2.
+
+    Non-JPEG formats are reduced only here; JPEGs only when they exceed 8x ``min_side``
+    (beyond what draft mode can do). Keeps cached images and per-view resizes small.
+    """
+    factor = min(image.size) // min_side
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def _check_pixel_bound(size: Tuple[int, int]) -> None:
+    """Refuse, before decoding, an image of more than :func:`max_decoded_pixels` pixels."""
+    bound = max_decoded_pixels()
+    pixels = size[0] * size[1]
+    if bound is not None and pixels > bound:
+        raise ImageTooLargeError(f"it would decode to {size[0]} x {size[1]} = {pixels:,} pixels")
+
+
+def to_rgb(image: "PILImage") -> "PILImage":
+    """``image`` as mode RGB: alpha dropped (not composited), 16-bit greyscale rescaled.
+
+    Palette images with transparency go through RGBA (the same colours, without PIL's
+    warning about converting them to RGB directly); every other mode (L, LA, 1, CMYK,
+    YCbCr, ...) uses PIL's ``convert('RGB')``.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(image)
+    if image.mode in {"P", "PA"} and ("transparency" in image.info or image.mode == "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def _sixteen_bit_to_rgb(image: "PILImage") -> "PILImage":
+    """Scale 16-bit greyscale ``0..65535`` to ``0..255`` with rounding (32768 -> 128).
+
+    PIL's ``convert`` would clip instead, turning everything above 255 white. Values of
+    mode ``I`` outside ``0..65535`` are clipped to it.
+    """
+    from PIL import Image
+
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 # --------------------------------------------------------------------------- cache
 
 
 class DecodedImageCache:
-    """Least-recently-used map ``uri -> decoded uint8 tensor`` bounded by total bytes.
+    """Least-recently-used map ``key -> decoded uint8 tensor`` bounded by total bytes.
+
+    Keys are the uri, or ``(uri, min_side)`` for an image reduced under a decode-size
+    hint (see :func:`load_document_image`).
 
     ``max_bytes=0`` disables caching; an image larger than the budget is not cached.
     Cached tensors are shared by every caller and must be treated as read-only
@@ -86,16 +233,16 @@ class DecodedImageCache:
             raise ValueError(f"cache_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
-        self._items: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self._items: "OrderedDict[Hashable, torch.Tensor]" = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 
-    def get(self, key: str) -> Optional[torch.Tensor]:
+    def get(self, key: Hashable) -> Optional[torch.Tensor]:
         """The cached tensor for ``key`` (marking it recently used), or ``None``."""
         with self._lock:
             tensor = self._items.get(key)
@@ -103,7 +250,7 @@ class DecodedImageCache:
                 self._items.move_to_end(key)
             return tensor
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
+    def put(self, key: Hashable, tensor: torch.Tensor) -> None:
         """Cache ``tensor`` under ``key``, evicting least-recently-used entries to fit."""
         size = _tensor_nbytes(tensor)
         if size > self.max_bytes:
@@ -153,12 +300,17 @@ def load_document_image(
     doc: Any,
     default_channel_axis: int = -1,
     cache: Optional[DecodedImageCache] = None,
+    min_side: Optional[int] = None,
 ) -> torch.Tensor:
     """The document's image as a ``(3, H, W)`` RGB tensor (uint8, or float32 in ``[0, 1]``).
 
     The result may share memory with ``doc.tensor`` or with the cache: callers must not
     modify it in place.
 
+    :param min_side: decode-size hint for ``uri``/``blob`` images: one whose short side is
+        at least ``2 * min_side`` may be decoded smaller, keeping a short side of at least
+        ``min_side`` (see :func:`decode_image`); ``None`` decodes at full size.
+        ``doc.tensor`` is never resized.
     :raises DocumentImageError: naming the document, if it has no usable image.
     """
     tensor = getattr(doc, "tensor", None)
@@ -166,10 +318,10 @@ def load_document_image(
         return tensor_to_chw_rgb(tensor, default_channel_axis, doc)
     uri = getattr(doc, "uri", None)
     if uri:
-        return _load_uri_image(doc, uri, cache)
+        return _load_uri_image(doc, uri, cache, min_side)
     blob = getattr(doc, "blob", None)
     if blob:
-        return _decode_or_raise(doc, blob, source="`blob` bytes")
+        return _decode_or_raise(doc, blob, "`blob` bytes", min_side)[0]
     raise DocumentImageError(
         f"{describe_document(doc)} has no image: its `tensor` is None and it has no `uri` "
         "(or `blob`) to load one from. Give it a `uri` of an image file, or set "
@@ -177,9 +329,19 @@ def load_document_image(
     )
 
 
-def _load_uri_image(doc: Any, uri: str, cache: Optional[DecodedImageCache]) -> torch.Tensor:
+def _load_uri_image(
+    doc: Any, uri: str, cache: Optional[DecodedImageCache], min_side: Optional[int]
+) -> torch.Tensor:
+    """Decode ``uri`` through the cache.
+
+    An image decoded at full size is cached under ``uri`` (the same for every hint); one
+    reduced under the hint under ``(uri, min_side)``, since its pixels depend on the hint.
+    Lookups try ``(uri, min_side)`` first, then ``uri``: a full-size decode also serves a
+    hint (the hint is a lower bound on the size, never an exact size).
+    """
+    reduced_key = (uri, min_side)
     if cache is not None:
-        cached = cache.get(uri)
+        cached = _first_cached(cache, [uri] if min_side is None else [reduced_key, uri])
         if cached is not None:
             return cached
     try:
@@ -191,21 +353,61 @@ def _load_uri_image(doc: Any, uri: str, cache: Optional[DecodedImageCache]) -> t
             "(relative paths are resolved from the current working directory), or drop "
             "this document."
         ) from exc
-    image = _decode_or_raise(doc, data, source="file at its uri")
+    image, reduced = _decode_or_raise(doc, data, "file at its uri", min_side)
     if cache is not None:
-        cache.put(uri, image)
+        cache.put(reduced_key if reduced else uri, image)
     return image
 
 
-def _decode_or_raise(doc: Any, data: bytes, source: str) -> torch.Tensor:
+def _first_cached(cache: DecodedImageCache, keys: Iterable[Hashable]) -> Optional[torch.Tensor]:
+    """The cached tensor of the first of ``keys`` that is cached, or ``None``."""
+    for key in keys:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    return None
+
+
+def _decode_or_raise(
+    doc: Any, data: bytes, source: str, min_side: Optional[int]
+) -> Tuple[torch.Tensor, bool]:
+    """Decode ``data``; return the image and whether the hint reduced it.
+
+    ``decode_image`` gets the hint only when the header shows it will reduce the image,
+    so every image of ordinary size takes the plain ``decode_image(data)`` path.
+
+    :raises DocumentImageError: naming the document, for any decoding failure.
+    """
+    reduced = min_side is not None and _larger_than_needed(data, min_side)
     try:
-        return decode_image(data)
+        image = decode_image(data, min_side) if reduced else decode_image(data)
+    except ImageTooLargeError as exc:
+        raise DocumentImageError(
+            f"{describe_document(doc)}: the {source} is too large to decode ({exc}). Images "
+            f"above {max_decoded_pixels() or 0:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS, "
+            "PIL's decompression-bomb limit) are refused; a JPEG counts at its reduced "
+            "decoding size, other formats at full size. Shrink the image or save it as JPEG, "
+            "drop this document, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+        ) from exc
     except Exception as exc:  # noqa: BLE001
         raise DocumentImageError(
             f"{describe_document(doc)}: the {source} is not a readable image "
-            f"({type(exc).__name__}: {exc}). It may be corrupt, truncated or not an image "
-            "format PIL can open; replace the file or drop this document."
+            f"({type(exc).__name__}: {exc}). It may be empty, corrupt, truncated or not an "
+            "image format PIL can open; replace the file or drop this document."
         ) from exc
+    return image, reduced
+
+
+def _larger_than_needed(data: bytes, min_side: int) -> bool:
+    """Whether the image's short side (read from its header) is at least ``2 * min_side``.
+
+    ``False`` if the header cannot be read: ``decode_image`` then reports the problem.
+    """
+    try:
+        with open_image(data) as image:
+            return min(image.size) >= 2 * min_side
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def tensor_to_chw_rgb(tensor: Any, default_channel_axis: int, doc: Any = None) -> torch.Tensor:

@@ -15,6 +15,8 @@ Differences from upstream, on purpose:
   normalised ``doc.tensor`` in place (the second view of a document failed).
 * The document is never modified; uri images are decoded into a per-process cache
   instead of into ``doc.tensor`` (see :mod:`.image_loading`).
+* Images much larger than needed are decoded smaller (JPEGs in the decoder, so a
+  10,000 x 10,000 photo never occupies 300 MB): see :func:`decode_min_side`.
 * The callable is a :class:`VisionPreprocessor`: picklable (DataLoader workers) and with
   its settings as attributes, so a training engine can recognise it and run the same
   steps itself (e.g. augmentation on GPU batches) via :meth:`~VisionPreprocessor.load_image`,
@@ -40,6 +42,28 @@ IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 PHASES = ("train", "validation")
+
+#: decode at least this many times the larger output side (on the image's short side)
+DECODE_SIDE_FACTOR = 4
+#: ... and at least this many pixels: images with a short side under twice this are
+#: never reduced, whatever the output size
+MIN_DECODE_SIDE = 1024
+
+
+def decode_min_side(height: int, width: int) -> int:
+    """Decode-size hint for ``(height, width)`` outputs: ``max(4 * max(h, w), 1024)``.
+
+    An image whose short side is at least twice the hint is decoded smaller, keeping a
+    short side of at least the hint (see :func:`.image_loading.decode_image`). Why 4x: a
+    SimCLR crop covers down to 8 % of the area, i.e. ``sqrt(0.08) = 0.28`` of the side,
+    so a short side of ``4 * max(h, w)`` still gives such crops at full output
+    resolution. Why the 1024 floor: images under 2048 px on the short side -- nearly all
+    datasets (e.g. TLL's 200 x 245) -- decode exactly as without the hint, even for tiny
+    outputs or a ``1 x 1`` preprocessor used only to load images at their own size.
+    Train and validation preprocessors of one size get the same hint, so they share
+    cache entries.
+    """
+    return max(DECODE_SIDE_FACTOR * max(int(height), int(width)), MIN_DECODE_SIDE)
 
 
 class VisionPreprocessor:
@@ -94,6 +118,8 @@ class VisionPreprocessor:
         #: the SimCLR augmentation (``phase='train'``), ``None`` in validation
         self.augmentation = augmentation
         self.cache_bytes = int(cache_bytes)
+        #: decode-size hint for uri/blob images, derived from the output size
+        self.decode_min_side = decode_min_side(height, width)
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
         self._cache = self._make_cache()
@@ -108,8 +134,14 @@ class VisionPreprocessor:
         return output
 
     def load_image(self, doc: Any) -> torch.Tensor:
-        """The document's image, ``(3, H, W)`` RGB, uint8 or float32 in [0, 1]; read-only."""
-        return load_document_image(doc, self.default_channel_axis, self._cache)
+        """The document's image, ``(3, H, W)`` RGB, uint8 or float32 in [0, 1]; read-only.
+
+        uri/blob images much larger than the output are decoded smaller
+        (:attr:`decode_min_side`); ``doc.tensor`` is used at its own size.
+        """
+        return load_document_image(
+            doc, self.default_channel_axis, self._cache, min_side=self.decode_min_side
+        )
 
     def transform(self, image: torch.Tensor) -> torch.Tensor:
         """Random SimCLR view (train) or resize (validation) to ``(3, height, width)``."""
@@ -168,6 +200,8 @@ class VisionPreprocessor:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if "decode_min_side" not in state:  # pickled before the hint existed
+            self.decode_min_side = decode_min_side(self.height, self.width)
         self._cache = self._make_cache()
 
 
