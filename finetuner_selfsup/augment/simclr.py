@@ -182,7 +182,10 @@ def gaussian_blur_separable(
     channels = image.shape[0]
     dtype = image.dtype if image.is_floating_point() else torch.float32
     x = image.to(dtype).unsqueeze(0)
-    kernel_h, kernel_w = kernel_size
+    # Reflect padding needs pad < side: on images smaller than the kernel, shrink the kernel
+    # (on a 1-pixel side it becomes 1, i.e. no blur along that axis).
+    kernel_h = min(kernel_size[0], 2 * image.shape[-2] - 1)
+    kernel_w = min(kernel_size[1], 2 * image.shape[-1] - 1)
     k_w = _gaussian_kernel1d(kernel_w, sigma, dtype).expand(channels, 1, 1, kernel_w)
     x = torch.nn.functional.pad(x, (kernel_w // 2, kernel_w // 2, 0, 0), mode="reflect")
     x = torch.nn.functional.conv2d(x, k_w, groups=channels)
