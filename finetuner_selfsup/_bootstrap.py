@@ -37,6 +37,7 @@ REDIRECTS: Dict[str, str] = {
     "finetuner.tuner.augmentation": "finetuner_selfsup.tuner.augmentation",
     "finetuner.tuner.pytorch.losses": "finetuner_selfsup.tuner.pytorch.losses",
     "finetuner.tuner.pytorch.miner": "finetuner_selfsup.tuner.pytorch.miner",
+    "finetuner.tuner.callback.training_checkpoint": "finetuner_selfsup.tuner.callback.training_checkpoint",
 }
 
 #: module name -> "module:function" applied to the module right after it executes

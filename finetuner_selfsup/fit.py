@@ -40,6 +40,8 @@ def fit(
     projection_head: Optional["nn.Module"] = None,
     *,
     seed: Optional[int] = None,
+    resume_from: Optional[str] = None,
+    skip_unreadable: bool = False,
 ) -> "nn.Module":
     """Fine-tune ``model`` on ``train_data`` and return the trained model.
 
@@ -67,6 +69,13 @@ def fit(
 
     :param seed: (not in Finetuner 0.4.1) seeds torch, Python's ``random`` and numpy and the
         batch order, for repeatable runs on CPU.
+    :param resume_from: (not in 0.4.1) a checkpoint written by ``TrainingCheckpoint``, or its
+        ``save_dir``: continue that run (model, optimiser, scheduler, random states, batch
+        order) from the epoch after the saved one. A folder without checkpoints yet means
+        "start from scratch", so a script can always pass it and be re-run after a crash.
+    :param skip_unreadable: (not in 0.4.1) leave out documents whose image cannot be read
+        (corrupt, truncated, missing file) instead of stopping; each one is listed in a
+        warning at the end.
     :param epochs, batch_size, loss, learning_rate, ...: as in Finetuner 0.4.1. The
         default optimiser is Adam with ``learning_rate``; ``configure_optimizer(model)``
         may return an optimiser or ``(optimiser, scheduler)``, the scheduler being
@@ -126,6 +135,8 @@ def fit(
         batch_size=batch_size,
         num_items_per_class=num_items_per_class,
         num_workers=num_workers,
+        resume_from=resume_from,
+        skip_unreadable=skip_unreadable,
     )
     return model
 

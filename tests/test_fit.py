@@ -289,3 +289,10 @@ def test_session_data_trains():
     log = LossLog()
     fit(tiny_cnn(), docs, epochs=1, batch_size=8, loss="TripletLoss", callbacks=[log])
     assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)
+
+
+def test_fewer_images_than_one_batch_trains_one_smaller_batch():
+    log = LossLog()
+    fit(tiny_cnn(), unlabelled(3), epochs=2, batch_size=512, loss=NTXentLoss(), preprocess_fn=jitter_view,
+        callbacks=[log])
+    assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)

@@ -11,17 +11,32 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, U
 import torch
 
 from .data_kinds import DataKind
+from .datasets import Unreadable
 
 Labels = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
 class Batch(NamedTuple):
     """One training batch. ``indices`` are the dataset positions of the items (for
-    self-supervised batches, each image appears twice: once per view)."""
+    self-supervised batches, each image appears twice: once per view). ``skipped`` lists
+    ``(document, reason)`` of items left out because their image could not be read
+    (only with ``skip_unreadable=True``)."""
 
     inputs: Any
     labels: Labels
     indices: List[int]
+    skipped: List[Tuple[str, str]] = []
+
+
+def _is_unreadable(content: Any) -> bool:
+    if isinstance(content, tuple) and not isinstance(content, Unreadable):
+        return any(isinstance(c, Unreadable) for c in content)
+    return isinstance(content, Unreadable)
+
+
+def _reasons(content: Any) -> List[Tuple[str, str]]:
+    parts = content if isinstance(content, tuple) and not isinstance(content, Unreadable) else (content,)
+    return [(p.document, p.reason) for p in parts if isinstance(p, Unreadable)][:1]
 
 
 def _as_tensor(content: Any) -> torch.Tensor:
@@ -48,6 +63,11 @@ class Collate:
         self.user_collate_fn = user_collate_fn
 
     def __call__(self, items: List[Tuple[Any, Any, int]]) -> Batch:
+        skipped = [reason for content, _, _ in items if _is_unreadable(content) for reason in _reasons(content)]
+        if skipped:
+            items = [item for item in items if not _is_unreadable(item[0])]
+            if not items:
+                return Batch(None, torch.empty(0, dtype=torch.long), [], skipped)
         if self.kind is DataKind.INSTANCE:
             contents = [views[0] for views, _, _ in items] + [views[1] for views, _, _ in items]
             indices = [index for _, _, index in items] * 2
@@ -64,7 +84,7 @@ class Collate:
             inputs = self.user_collate_fn(contents)
         else:
             inputs = self.stack(contents, indices)
-        return Batch(inputs, labels, indices)
+        return Batch(inputs, labels, indices, skipped)
 
     def stack(self, contents: List[Any], indices: List[int]) -> torch.Tensor:
         """Stack equally-shaped inputs; otherwise name the documents whose shape differs."""

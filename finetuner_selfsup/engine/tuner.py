@@ -79,7 +79,12 @@ class Tuner:
         self._learning_rate = learning_rate
         self._scheduler_step = scheduler_step
         self._scheduler = None
-        self._generator = generator
+        #: draws the batch order; saved in checkpoints so a resumed run sees the same order
+        self.batch_order_generator = generator or torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,)).item())
+        )
+        #: ``(document, reason)`` of every item left out because its image was unreadable
+        self.skipped_documents: List[Tuple[str, str]] = []
         self._progress_bar = Progress()
         self._preprocess_fn = None
         self._collate_fn = None
@@ -125,9 +130,10 @@ class Tuner:
         preprocess_fn: Optional[Callable],
         collate_fn: Optional[Callable],
         num_workers: int,
+        skip_unreadable: bool = False,
     ) -> Tuple[DataLoader, DataKind]:
         kind = detect_data_kind(docs, argument)
-        generator = self._generator
+        generator = self.batch_order_generator
         dataset: Dataset
         if kind is DataKind.INSTANCE:
             if batch_size % 2:
@@ -144,15 +150,15 @@ class Tuner:
                     f"e.g. preprocess_fn=vision_preprocessor() (from "
                     f"finetuner.tuner.augmentation), or label the documents."
                 )
-            dataset = TwoViewDataset(docs, preprocess_fn)
+            dataset = TwoViewDataset(docs, preprocess_fn, skip_unreadable)
             sampler = InstanceBatchSampler(len(dataset), batch_size // 2, generator)
             names = [describe_document(d) for d in docs]
         elif kind is DataKind.CLASS:
-            dataset = LabelledDataset(docs, preprocess_fn)
+            dataset = LabelledDataset(docs, preprocess_fn, skip_unreadable)
             sampler = ClassBatchSampler(dataset.labels, batch_size, num_items_per_class, generator)
             names = [describe_document(d) for d in docs]
         else:
-            dataset = SessionDataset(docs, preprocess_fn)
+            dataset = SessionDataset(docs, preprocess_fn, skip_unreadable)
             sampler = SessionBatchSampler(dataset.labels, batch_size, generator)
             names = [describe_document(dataset.document(i)) for i in range(len(dataset))]
         loader = DataLoader(
@@ -185,8 +191,18 @@ class Tuner:
         batch_size: int = 256,
         num_items_per_class: Optional[int] = None,
         num_workers: int = 0,
+        resume_from: Optional[str] = None,
+        skip_unreadable: bool = False,
     ) -> None:
-        """Train for ``epochs`` epochs, evaluating the loss on ``eval_data`` after each."""
+        """Train for ``epochs`` epochs, evaluating the loss on ``eval_data`` after each.
+
+        :param resume_from: a checkpoint of :class:`~.checkpoint.TrainingCheckpoint`, or its
+            folder (the newest one is used; none yet = start from scratch): model,
+            optimiser, scheduler, random states and batch order are restored and training
+            continues with the epoch after the saved one, up to ``epochs`` in total.
+        :param skip_unreadable: leave out documents whose image cannot be read instead of
+            stopping; every one is listed in a warning at the end of the fit.
+        """
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}.")
         if batch_size < 2:
@@ -199,22 +215,23 @@ class Tuner:
 
         train_loader, kind = self._data_loader(
             train_data, "train_data", batch_size, num_items_per_class, preprocess_fn,
-            collate_fn, num_workers,
+            collate_fn, num_workers, skip_unreadable,
         )
         eval_loader = None
         if eval_data is not None and len(eval_data) > 0:
             eval_loader, _ = self._data_loader(
                 eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
-                collate_fn, num_workers,
+                collate_fn, num_workers, skip_unreadable,
             )
         logger.info("training on %d documents (%s data)", len(train_data), kind.value)
 
         from finetuner.tuner.state import TunerState
 
         self.state = TunerState(num_epochs=epochs)
+        start_epoch = self._resume(resume_from) if resume_from is not None else 0
         try:
             self._trigger_callbacks("on_fit_begin")
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 self.state.epoch = epoch
                 self.state.num_batches_train = len(train_loader.batch_sampler)
                 self.state.batch_index = 0
@@ -244,6 +261,34 @@ class Tuner:
         except BaseException as exc:
             self._trigger_callbacks("on_exception", exception=exc)
             raise
+        finally:
+            self._report_skipped()
+
+    def _resume(self, resume_from: str) -> int:
+        from .checkpoint import find_checkpoint, load_checkpoint, restore_tuner
+
+        path = find_checkpoint(resume_from)
+        if path is None:
+            logger.info("no checkpoint in %s yet: training starts from scratch", resume_from)
+            return 0
+        epochs_done = restore_tuner(self, load_checkpoint(path))
+        logger.info("resumed from %s: %d epoch(s) already done", path, epochs_done)
+        return epochs_done
+
+    def _note_skipped(self, batch: Batch) -> bool:
+        """Record the batch's unreadable documents; False if too little is left to train on."""
+        self.skipped_documents.extend(batch.skipped)
+        return len(batch.indices) >= 2
+
+    def _report_skipped(self) -> None:
+        if not self.skipped_documents:
+            return
+        unique = dict(self.skipped_documents)
+        listed = "\n".join(f"  {doc}: {reason}" for doc, reason in unique.items())
+        logger.warning(
+            "%d document(s) were skipped because their image could not be read "
+            "(skip_unreadable=True):\n%s", len(unique), listed,
+        )
 
     def _loss_of(self, batch: Batch) -> torch.Tensor:
         inputs = self._to_device(batch.inputs)
@@ -268,6 +313,8 @@ class Tuner:
             self.state.batch_index = index
             for group_index, group in enumerate(self._optimizer.param_groups):
                 self.state.learning_rates[f"group_{group_index}"] = group["lr"]
+            if not self._note_skipped(batch):
+                continue
             self._trigger_callbacks("on_train_batch_begin")
             loss = self._loss_of(batch)
             value = self._check_finite(loss, "training")
@@ -284,6 +331,8 @@ class Tuner:
         with torch.no_grad():
             for index, batch in enumerate(loader):
                 self.state.batch_index = index
+                if not self._note_skipped(batch):
+                    continue
                 self._trigger_callbacks("on_val_batch_begin")
                 self.state.current_loss = self._check_finite(self._loss_of(batch), "validation")
                 self._trigger_callbacks("on_val_batch_end")

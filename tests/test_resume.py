@@ -1,0 +1,181 @@
+"""Interruption: a run killed with SIGKILL mid-epoch resumes and ends with the same weights
+as an uninterrupted run; checkpoints are atomic and Finetuner-compatible; unreadable images
+can be skipped and are reported."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from docarray import Document, DocumentArray
+from PIL import Image
+
+from finetuner_selfsup.engine import checkpoint as ckpt
+from finetuner_selfsup.engine.checkpoint import TrainingCheckpoint, find_checkpoint, save_atomically
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np, torch
+    from docarray import Document, DocumentArray
+    from torch import nn
+    import finetuner as ft
+    from finetuner.tuner.callback import TrainingCheckpoint
+    from finetuner.tuner.pytorch.losses import NTXentLoss
+
+    mode, workdir = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    rng = np.random.default_rng(0)
+    docs = DocumentArray(Document(tensor=rng.random((3, 12, 12), dtype=np.float32)) for _ in range(16))
+
+    def jitter(doc):
+        x = torch.as_tensor(doc.tensor)
+        return x + 0.1 * torch.randn_like(x)
+
+    class KillMidEpoch:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+        def on_train_batch_end(self, tuner):
+            if tuner.state.epoch == 2 and tuner.state.batch_index == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def configure(m):
+        optimizer = torch.optim.Adam(m.parameters(), lr=1e-2)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+
+    save_dir = os.path.join(workdir, "ckpt")
+    callbacks = [TrainingCheckpoint(save_dir, last_k_epochs=2)]
+    if mode == "killed":
+        callbacks.append(KillMidEpoch())
+    model = ft.fit(
+        model, docs, epochs=4, batch_size=8, loss=NTXentLoss(), preprocess_fn=jitter,
+        configure_optimizer=configure, scheduler_step="epoch", callbacks=callbacks, seed=1,
+        resume_from=save_dir if mode == "resume" else None,
+    )
+    torch.save(model.state_dict(), os.path.join(workdir, "final.pt"))
+    """
+)
+
+
+def run_script(tmp_path, mode: str, workdir) -> subprocess.CompletedProcess:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    workdir.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, str(script), mode, str(workdir)], capture_output=True, text=True, timeout=300)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    full = run_script(tmp_path, "full", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    killed = run_script(tmp_path, "killed", tmp_path / "interrupted")
+    assert killed.returncode == -9, killed.stderr  # SIGKILL, in the middle of the third epoch
+    saved = sorted(p.name for p in (tmp_path / "interrupted" / "ckpt").iterdir())
+    assert saved == ["saved_model_epoch_01", "saved_model_epoch_02"]  # complete files only
+    assert not (tmp_path / "interrupted" / "final.pt").exists()
+    resumed = run_script(tmp_path, "resume", tmp_path / "interrupted")
+    assert resumed.returncode == 0, resumed.stderr
+
+    expected = torch.load(tmp_path / "full" / "final.pt", weights_only=True)
+    got = torch.load(tmp_path / "interrupted" / "final.pt", weights_only=True)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    # and the run really trained: the weights differ from the initial ones
+    torch.manual_seed(0)
+    initial = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).state_dict()["0.weight"]
+    assert not torch.equal(initial, got["0.weight"])
+
+
+def test_checkpoint_is_upstream_shaped_and_loads_weights_only(tmp_path):
+    from finetuner.tuner.callback import TrainingCheckpoint as ImportedThroughFinetuner
+
+    assert ImportedThroughFinetuner is TrainingCheckpoint
+
+    class Tuner:
+        class state:
+            epoch = 0
+
+        embed_model = torch.nn.Linear(3, 2)
+        _optimizer = torch.optim.SGD(embed_model.parameters(), lr=0.1)
+        _scheduler = torch.optim.lr_scheduler.StepLR(_optimizer, step_size=1)
+        batch_order_generator = torch.Generator().manual_seed(5)
+
+    TrainingCheckpoint(str(tmp_path)).on_epoch_end(Tuner())
+    data = torch.load(tmp_path / "saved_model_epoch_01", weights_only=True)
+    assert {"epoch", "state_dict", "optimizer", "scheduler", "rng"} <= set(data)
+    assert data["epoch"] == 1
+
+
+def test_a_save_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "saved_model_epoch_01"
+    save_atomically({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def dies_half_way(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as if the process were stopped while writing
+
+    monkeypatch.setattr(ckpt.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomically({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    # the half-written file never carries a checkpoint name, and resuming ignores it
+    assert find_checkpoint(tmp_path) == path
+
+
+def test_resume_from_an_empty_folder_starts_from_scratch(tmp_path):
+    assert find_checkpoint(tmp_path / "not-yet") is None
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        find_checkpoint(tmp_path / "saved_model_epoch_07")
+
+
+def _image_docs(tmp_path, n=6):
+    docs = DocumentArray()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+        docs.append(Document(uri=str(path)))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    docs.append(Document(uri=str(bad)))
+    return docs
+
+
+def test_unreadable_images_stop_training_with_their_name(tmp_path):
+    from finetuner_selfsup.augment.preprocessor import vision_preprocessor
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(ValueError, match="broken.jpg"):
+        fit(model, _image_docs(tmp_path), epochs=1, batch_size=14, loss=NTXentLoss(),
+            preprocess_fn=vision_preprocessor(16, 16))
+
+
+def test_skip_unreadable_trains_on_the_rest_and_lists_every_skipped_file(tmp_path, caplog):
+    from finetuner_selfsup.augment.preprocessor import vision_preprocessor
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    seen = []
+
+    class Count:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_train_batch_end(self, tuner):
+            seen.append(tuner.state.current_loss)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        fit(model, _image_docs(tmp_path), epochs=2, batch_size=14, loss=NTXentLoss(),
+            preprocess_fn=vision_preprocessor(16, 16), skip_unreadable=True, callbacks=[Count()])
+    assert len(seen) == 2  # one batch per epoch, each without the broken image
+    report = "\n".join(r.getMessage() for r in caplog.records)
+    assert "1 document(s) were skipped" in report and "broken.jpg" in report
