@@ -10,7 +10,8 @@ from PIL import Image
 
 from finetuner_selfsup.cli import main
 from finetuner_selfsup.data.demo_pairs import make_demo_pairs
-from finetuner_selfsup.reproduce.columns import COLUMNS, LABELS_ONLY, SELF_SUPERVISED, EpochCheckpoint, resume_state
+from finetuner_selfsup.engine.checkpoint import checkpoint_files, load_checkpoint
+from finetuner_selfsup.reproduce.columns import COLUMNS, LABELS_ONLY, SELF_SUPERVISED
 from finetuner_selfsup.reproduce.runner import TableRun
 from finetuner_selfsup.reproduce.settings import DEMO, TUTORIAL
 
@@ -75,28 +76,15 @@ def test_other_settings_in_the_same_folder_are_refused(pairs, tmp_path):
 def test_self_supervised_stage_resumes_from_its_last_epoch(pairs, tmp_path):
     run = TableRun(TINY, pairs, tmp_path)
     first = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
-    state = resume_state(tmp_path / "checkpoints" / "self-supervised-pretraining.pt")
-    assert state["epochs_done"] == TINY.ssl_epochs
-    # all epochs done: a new runner returns the checkpoint's weights without training
+    saved = checkpoint_files(tmp_path / "checkpoints" / "self-supervised-pretraining")
+    assert [p.name for p in saved] == [f"saved_model_epoch_{TINY.ssl_epochs:02d}"]
+    assert load_checkpoint(saved[-1])["epoch"] == TINY.ssl_epochs
+    # all epochs done: a new runner gets the checkpoint's weights without training a batch
     rerun = TableRun(TINY, pairs, tmp_path)
-    rerun.runner.recorders.clear()
     second = rerun.runner.self_supervised_pretraining(rerun.ssl_split.pretrain)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
-    assert not rerun.runner.recorders  # no fit ran
-
-
-def test_epoch_checkpoint_is_written_atomically(tmp_path):
-    class FakeTuner:
-        class state:
-            epoch = 2
-
-        embed_model = torch.nn.Linear(2, 2)
-        _optimizer = torch.optim.SGD(embed_model.parameters(), lr=0.1)
-
-    EpochCheckpoint(tmp_path / "c.pt", epochs_done_before=5).on_epoch_end(FakeTuner())
-    assert resume_state(tmp_path / "c.pt")["epochs_done"] == 8
-    assert not list(tmp_path.glob("*.partial"))
+    assert rerun.runner.recorders[f"{SELF_SUPERVISED}/pre-training"].losses == []
 
 
 def test_cli_demo_end_to_end(tmp_path, capsys):

@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from .callback_base import Callback
+
 logger = logging.getLogger("finetuner_selfsup")
 
 FORMAT = "finetuner-selfsup-checkpoint-1"
@@ -136,7 +138,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return checkpoint
 
 
-class TrainingCheckpoint:
+class TrainingCheckpoint(Callback):
     """Save model, optimiser, scheduler, random states and epoch after every epoch.
 
     :param save_dir: folder of the checkpoints (``saved_model_epoch_NN``).
@@ -149,11 +151,6 @@ class TrainingCheckpoint:
         self._last_k_epochs = last_k_epochs
         self._logger = logging.getLogger("finetuner." + type(self).__name__)
         self._logger.setLevel(logging.INFO if verbose else logging.WARNING)
-
-    def __getattr__(self, name: str):  # the callback hooks this class does not use
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
 
     def _path(self, epochs_done: int) -> Path:
         return Path(self._save_dir) / f"saved_model_epoch_{epochs_done:02d}"

@@ -13,14 +13,15 @@ column                 what it trains (all start from the same backbone weights)
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from ..augment.preprocessor import VisionPreprocessor, vision_preprocessor
+from ..engine.callback_base import Callback
+from ..engine.checkpoint import TrainingCheckpoint
 from ..fit import fit
 from ..heads import ProjectionHead
 from ..losses import NTXentLoss, TripletLoss
@@ -56,55 +57,18 @@ class PlainImage:
         return self._pre.finish(self._pre.load_image(doc))
 
 
-class LossRecorder:
+class LossRecorder(Callback):
     """A Finetuner callback that keeps the training losses of one fit (for the curves)."""
 
     def __init__(self) -> None:
         self.losses: List[float] = []
         self.epoch_ends: List[int] = []
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
     def on_train_batch_end(self, tuner: Any) -> None:
         self.losses.append(tuner.state.current_loss)
 
     def on_train_epoch_end(self, tuner: Any) -> None:
         self.epoch_ends.append(len(self.losses))
-
-
-class EpochCheckpoint:
-    """Saves model and optimiser after every epoch, atomically (write, then rename), so a
-    killed run resumes from its last finished epoch; see :func:`resume_state`."""
-
-    def __init__(self, path: Path, epochs_done_before: int = 0) -> None:
-        self.path = Path(path)
-        self.offset = epochs_done_before
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_epoch_end(self, tuner: Any) -> None:
-        state = {
-            "epochs_done": self.offset + tuner.state.epoch + 1,
-            "model": tuner.embed_model.state_dict(),
-            "optimizer": tuner._optimizer.state_dict(),
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        torch.save(state, partial)
-        os.replace(partial, self.path)
-
-
-def resume_state(path: Path) -> Optional[Dict[str, Any]]:
-    """The checkpoint saved by :class:`EpochCheckpoint`, or ``None`` if there is none."""
-    if not Path(path).exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class ColumnRunner:
@@ -162,30 +126,16 @@ class ColumnRunner:
             self.backbone(), layer_name=s.layer_name, input_size=self.input_size,
             projection_head=head, device=s.device,
         )
-        path = self.checkpoint_dir / "self-supervised-pretraining.pt"
-        saved = resume_state(path)
-        done = 0
-        optimizer_state = None
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            done, optimizer_state = saved["epochs_done"], saved["optimizer"]
-            logger.info("resuming self-supervised pre-training after epoch %d", done)
-        if done >= s.ssl_epochs:
-            return model
-
-        def configure(m: nn.Module) -> torch.optim.Optimizer:
-            optimizer = torch.optim.Adam(m.parameters(), lr=s.ssl_learning_rate)
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-            return optimizer
-
+        # The engine's own checkpoints: a killed run continues after its last finished
+        # epoch, with the random states and batch order of an uninterrupted run.
+        save_dir = str(self.checkpoint_dir / "self-supervised-pretraining")
         recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/pre-training", LossRecorder())
         fit(
-            model, pretrain_unlabelled, epochs=s.ssl_epochs - done, batch_size=s.ssl_batch_size,
-            loss=NTXentLoss(temperature=s.temperature), configure_optimizer=configure,
+            model, pretrain_unlabelled, epochs=s.ssl_epochs, batch_size=s.ssl_batch_size,
+            loss=NTXentLoss(temperature=s.temperature), learning_rate=s.ssl_learning_rate,
             device=s.device, preprocess_fn=vision_preprocessor(s.image_size, s.image_size),
-            num_workers=s.num_workers, callbacks=[recorder, EpochCheckpoint(path, done)],
-            seed=None if s.seed is None else s.seed + done,
+            num_workers=s.num_workers, callbacks=[recorder, TrainingCheckpoint(save_dir)],
+            seed=s.seed, resume_from=save_dir,
         )
         return model
 
