@@ -119,3 +119,11 @@ def test_verdict_compares_self_supervision_with_labels_only():
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["reproduce", "--data", str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_every_column_starts_from_the_same_random_initialisation(tmp_path):
+    from finetuner_selfsup.reproduce.columns import ColumnRunner
+
+    runner = ColumnRunner(TINY, tmp_path)
+    first, second = runner.backbone().state_dict(), runner.backbone().state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

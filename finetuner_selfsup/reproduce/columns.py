@@ -88,6 +88,11 @@ class ColumnRunner:
         self.plain_images = PlainImage(size if settings.eval_resize else None)
 
     def backbone(self) -> nn.Module:
+        """A fresh backbone. With ``weights='none'`` its random initialisation is drawn
+        after seeding with ``settings.seed``, so every column starts from the same weights
+        and a rerun reproduces them (torch's default seed differs in every process)."""
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
         return build_backbone(self.settings.model, self.settings.weights)
 
     def cut(self, model: nn.Module) -> nn.Module:
