@@ -145,6 +145,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
 
     run.run(args.columns or COLUMNS)
     _print_table(run, console)
+    if settings.weights == "none":
+        console.print(f"(weights=none: every column starts from a randomly initialised "
+                      f"{settings.model}, so 'pre-trained' means untrained here.)")
     verdict = _verdict(run.results.metrics(), settings.ks)
     if verdict:
         console.print(verdict)

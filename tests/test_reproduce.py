@@ -97,6 +97,7 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "synthetic" in printed and "| hit@5  |" in printed and "10% labels only" in printed
+    assert "'pre-trained' means untrained" in printed
     assert "self-supervision" not in json.loads((tmp_path / "out" / "results.json").read_text())["columns"]
     with Image.open(tmp_path / "examples.png") as image:
         image.verify()
