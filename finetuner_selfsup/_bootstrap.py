@@ -6,10 +6,11 @@ Finetuner 0.4.1 has no plugin mechanism, so activation works at the import level
   (``finetuner.tuner.augmentation``, ``finetuner.tuner.pytorch.losses`` ...) resolve to this
   package's mirror modules (``finetuner_selfsup.tuner.augmentation`` ...). The upstream
   originals are never executed, so e.g. the ``albumentations`` import is never attempted.
-* **Post-import patches** -- after ``finetuner``, ``docarray`` and two callback modules are
-  executed, a small function adapts them (``finetuner.fit`` becomes
+* **Post-import patches** -- after ``finetuner``, ``docarray`` and a few of their modules
+  are executed, a small function adapts them (``finetuner.fit`` becomes
   :func:`finetuner_selfsup.fit.fit`, docarray gets the tutorial's ``*_blob`` names, the
-  callbacks' ``np.Inf`` works on numpy 2).
+  callbacks' ``np.Inf`` and docarray's ``np.asfarray`` work on numpy 2, Finetuner's
+  ``Evaluator`` uses docarray 0.21's ``evaluate`` API).
 
 This module is imported at interpreter start-up (through ``finetuner_selfsup.pth``), so it
 uses the standard library only; the patch functions live elsewhere and are imported only
@@ -44,8 +45,10 @@ REDIRECTS: Dict[str, str] = {
 POST_IMPORT_PATCHES: Dict[str, str] = {
     "finetuner": "finetuner_selfsup._plugin:patch_finetuner",
     "docarray": "finetuner_selfsup.compat.docarray_names:add_blob_aliases",
-    "finetuner.tuner.callback.early_stopping": "finetuner_selfsup.compat.numpy_inf:patch_callback_module",
-    "finetuner.tuner.callback.best_model_checkpoint": "finetuner_selfsup.compat.numpy_inf:patch_callback_module",
+    "finetuner.tuner.callback.early_stopping": "finetuner_selfsup.compat.numpy2:patch_module",
+    "finetuner.tuner.callback.best_model_checkpoint": "finetuner_selfsup.compat.numpy2:patch_module",
+    "finetuner.tuner.evaluation": "finetuner_selfsup.compat.evaluator:patch_evaluation_module",
+    "docarray.math.evaluation": "finetuner_selfsup.compat.numpy2:patch_module",
 }
 
 

@@ -296,3 +296,23 @@ def test_fewer_images_than_one_batch_trains_one_smaller_batch():
     fit(tiny_cnn(), unlabelled(3), epochs=2, batch_size=512, loss=NTXentLoss(), preprocess_fn=jitter_view,
         callbacks=[log])
     assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)
+
+
+def test_upstream_evaluation_callback_reports_metrics():
+    """Finetuner's EvaluationCallback crashed on docarray 0.21 + numpy 2 (evaluate API,
+    np.asfarray); through the plugin it fills tuner.state.eval_metrics."""
+    from finetuner.tuner.callback import EvaluationCallback
+
+    seen = []
+
+    class Metrics(LossLog):
+        def on_epoch_end(self, tuner):
+            seen.append(dict(tuner.state.eval_metrics))
+
+    queries = labelled(4, seed=1)
+    callback = EvaluationCallback(query_data=queries, index_data=labelled(4, seed=1))
+    fit(tiny_cnn(), labelled(6), epochs=1, batch_size=4, loss="TripletLoss", callbacks=[callback, Metrics()])
+    assert len(seen) == 1
+    metrics = seen[0]
+    assert {"hit_at_k", "ndcg_at_k", "average_precision", "reciprocal_rank"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("hit_at_k", "ndcg_at_k", "average_precision"))
