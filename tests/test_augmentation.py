@@ -25,14 +25,7 @@ from finetuner_selfsup.augment.simclr import gaussian_blur_separable
 H, W = 24, 32  # non-square output, so that swapped axes are caught
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one torch thread (tiny images; spares a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+from torch_settings import seed_and_one_thread  # noqa: E402,F401  (autouse fixture)
 
 
 def noise_image(h: int = 40, w: int = 50, seed: int = 0) -> np.ndarray:

@@ -35,14 +35,7 @@ BIG_SIDE = 10_000
 BIG_COLOUR = (200, 30, 60)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one torch thread (small images; spares a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+from torch_settings import seed_and_one_thread  # noqa: E402,F401  (autouse fixture)
 
 
 # --------------------------------------------------------------------------- helpers

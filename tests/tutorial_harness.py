@@ -21,25 +21,12 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from finetuner_selfsup.reproduce.columns import LossRecorder
+
 
 def python_blocks(markdown_path: Path) -> List[str]:
     """The ```python fenced blocks of a Markdown page, in order, verbatim."""
     return re.findall(r"```python\n(.*?)```", markdown_path.read_text(), re.S)
-
-
-class _LossRecorder:
-    """A Finetuner callback that keeps every training loss of one fit."""
-
-    def __init__(self) -> None:
-        self.losses: List[float] = []
-
-    def __getattr__(self, name: str):  # the other callback hooks do nothing
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_train_batch_end(self, tuner: Any) -> None:
-        self.losses.append(tuner.state.current_loss)
 
 
 @contextlib.contextmanager
@@ -63,7 +50,7 @@ def tutorial_substitutions(
         kwargs["batch_size"] = supervised_batch if labelled else self_supervised_batch
         if kwargs.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
             kwargs["device"] = "cpu"
-        recorder = _LossRecorder()
+        recorder = LossRecorder()
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), recorder]
         result = real_fit(model, train_data, *args, **kwargs)
         calls.append({"kwargs": kwargs, "losses": recorder.losses, "model": result})
