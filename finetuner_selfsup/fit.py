@@ -42,6 +42,8 @@ def fit(
     seed: Optional[int] = None,
     resume_from: Optional[str] = None,
     skip_unreadable: bool = False,
+    precision: str = "auto",
+    channels_last: Optional[bool] = None,
 ) -> "nn.Module":
     """Fine-tune ``model`` on ``train_data`` and return the trained model.
 
@@ -76,6 +78,12 @@ def fit(
     :param skip_unreadable: (not in 0.4.1) leave out documents whose image cannot be read
         (corrupt, truncated, missing file) instead of stopping; each one is listed in a
         warning at the end.
+    :param precision: (not in 0.4.1) ``'auto'`` (default: bfloat16 autocast on GPUs that
+        support it, float32 otherwise), ``'fp32'``, ``'bf16'`` (also on CPUs) or ``'fp16'``
+        (GPU, with gradient scaling). Weights, optimiser state and the loss stay float32.
+    :param channels_last: (not in 0.4.1) image batches and conv weights in channels-last
+        layout, faster for convolutions on CPUs and GPUs. ``None`` (default) = on, switched
+        off with a warning if the model's forward rejects that layout.
     :param epochs, batch_size, loss, learning_rate, ...: as in Finetuner 0.4.1. The
         default optimiser is Adam with ``learning_rate``; ``configure_optimizer(model)``
         may return an optimiser or ``(optimiser, scheduler)``, the scheduler being
@@ -84,9 +92,10 @@ def fit(
     import torch
 
     from .devices import resolve_device
-    from .engine.tuner import Tuner
+    from .engine.tuner import Tuner, resolve_precision
 
-    resolve_device(device)  # fail before any work if e.g. CUDA is missing
+    # fail before any work if e.g. CUDA is missing or the precision is unknown
+    resolve_precision(precision, resolve_device(device))
     generator = None
     if seed is not None:
         _seed_everything(seed)
@@ -126,6 +135,8 @@ def fit(
         callbacks=callbacks,
         device=device,
         generator=generator,
+        precision=precision,
+        channels_last=channels_last,
     ).fit(
         train_data,
         eval_data,

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..devices import resolve_device
+from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
 from .data_kinds import DataKind, describe_document, detect_data_kind
 from .datasets import LabelledDataset, SessionDataset, TwoViewDataset
@@ -53,6 +54,32 @@ def resolve_loss(loss: Union[str, nn.Module]) -> nn.Module:
     raise TypeError(f"`loss` must be a loss name or an nn.Module, got {type(loss).__name__}.")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``precision`` on ``device`` (None = plain float32).
+
+    ``'auto'``: bfloat16 on a GPU that supports it (the weights, optimiser and loss stay
+    float32), float32 elsewhere. ``'bf16'`` also works on CPUs (fast where they have
+    AVX-512-BF16/AMX); ``'fp16'`` is for GPUs only and uses gradient scaling.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision='fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'.")
+        return torch.float16
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def _is_image_batch(inputs: Any) -> bool:
+    return isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point()
+
+
 class Tuner:
     """Trains an embedding model on a DocumentArray (see :func:`finetuner_selfsup.fit.fit`)."""
 
@@ -66,6 +93,8 @@ class Tuner:
         callbacks: Optional[Sequence[Any]] = None,
         device: str = "cpu",
         generator: Optional[torch.Generator] = None,
+        precision: str = "auto",
+        channels_last: Optional[bool] = None,
     ) -> None:
         from finetuner.tuner.callback import ProgressBarCallback
         from rich.progress import Progress
@@ -75,6 +104,15 @@ class Tuner:
         self.device = resolve_device(device)
         self._device_name = device
         self._embed_model = embed_model.to(self.device)
+        #: autocast dtype of the forward pass (None: float32), see :func:`resolve_precision`
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self._grad_scaler = (
+            torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        )
+        #: image batches and conv weights in channels-last layout (faster convolutions);
+        #: switched off by itself if the model's forward rejects that layout
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self._layout_checked = False
         self._loss = resolve_loss(loss)
         self._learning_rate = learning_rate
         self._scheduler_step = scheduler_step
@@ -100,7 +138,9 @@ class Tuner:
             else:
                 self._optimizer = configured
         else:
-            self._optimizer = torch.optim.Adam(self._embed_model.parameters(), lr=learning_rate)
+            # fused: one kernel for all parameters on the GPU (same update as the default)
+            fused = {"fused": True} if self.device.type == "cuda" else {}
+            self._optimizer = torch.optim.Adam(self._embed_model.parameters(), lr=learning_rate, **fused)
         self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
 
         from finetuner.tuner.state import TunerState
@@ -150,6 +190,11 @@ class Tuner:
                     f"e.g. preprocess_fn=vision_preprocessor() (from "
                     f"finetuner.tuner.augmentation), or label the documents."
                 )
+        if uses_batched_views(preprocess_fn, collate_fn, kind):
+            return self._batched_views_loader(
+                docs, kind, batch_size, num_items_per_class, preprocess_fn, num_workers, skip_unreadable
+            ), kind
+        if kind is DataKind.INSTANCE:
             dataset = TwoViewDataset(docs, preprocess_fn, skip_unreadable)
             sampler = InstanceBatchSampler(len(dataset), batch_size // 2, generator)
             names = [describe_document(d) for d in docs]
@@ -171,7 +216,40 @@ class Tuner:
         )
         return loader, kind
 
+    def _batched_views_loader(
+        self,
+        docs: "DocumentArray",
+        kind: DataKind,
+        batch_size: int,
+        num_items_per_class: Optional[int],
+        preprocessor: Any,
+        num_workers: int,
+        skip_unreadable: bool,
+    ) -> DataLoader:
+        """The fast path of :mod:`.batched_views`: sources decoded once, views per batch."""
+        generator = self.batch_order_generator
+        if kind is DataKind.INSTANCE:
+            dataset = SourceDataset(docs, preprocessor, None, skip_unreadable)
+            sampler: Any = InstanceBatchSampler(len(dataset), batch_size // 2, generator)
+            make_views = BatchViews(preprocessor, views_per_image=2)
+        else:
+            labels = LabelledDataset(docs, None).labels
+            dataset = SourceDataset(docs, preprocessor, labels, skip_unreadable)
+            sampler = ClassBatchSampler(labels, batch_size, num_items_per_class, generator)
+            make_views = BatchViews(preprocessor, views_per_image=1)
+        on_device = self.device.type != "cpu"
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=SourceCollate(make_views, on_device=on_device),
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+
     def _to_device(self, inputs: Any) -> Any:
+        if isinstance(inputs, PendingViews):
+            return inputs.make(self.device)
         if isinstance(inputs, torch.Tensor):
             return inputs.to(self.device, non_blocking=True)
         if isinstance(inputs, dict):
@@ -293,8 +371,41 @@ class Tuner:
     def _loss_of(self, batch: Batch) -> torch.Tensor:
         inputs = self._to_device(batch.inputs)
         labels = self._to_device(batch.labels)
-        embeddings = self._embed_model(inputs)
-        return self._loss(embeddings, labels)
+        return self._loss(self._forward(inputs), labels)
+
+    def _forward(self, inputs: Any) -> Any:
+        """The model's embeddings (float32) under the chosen precision and layout."""
+        if self.channels_last and _is_image_batch(inputs):
+            if not self._layout_checked:
+                return self._first_forward(inputs)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self._autocast_forward(inputs)
+
+    def _autocast_forward(self, inputs: Any) -> Any:
+        dtype = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            embeddings = self._embed_model(inputs)
+        if dtype is not None and isinstance(embeddings, torch.Tensor):
+            embeddings = embeddings.float()  # losses compute in float32
+        return embeddings
+
+    def _first_forward(self, inputs: torch.Tensor) -> Any:
+        """Try channels-last once; a model whose forward needs contiguous tensors (e.g. it
+        calls ``.view`` on a conv output) gets the plain layout back, with a warning."""
+        self._layout_checked = True
+        self._embed_model.to(memory_format=torch.channels_last)
+        try:
+            return self._autocast_forward(inputs.contiguous(memory_format=torch.channels_last))
+        except RuntimeError as exc:
+            self._embed_model.to(memory_format=torch.contiguous_format)
+            self.channels_last = False
+            embeddings = self._autocast_forward(inputs)
+            logger.warning(
+                "the model failed in channels-last layout (%s); training continues in the "
+                "default layout (pass channels_last=False to skip this attempt).",
+                str(exc).splitlines()[0],
+            )
+            return embeddings
 
     def _check_finite(self, loss: torch.Tensor, phase: str) -> float:
         value = float(loss.detach())
@@ -319,8 +430,13 @@ class Tuner:
             loss = self._loss_of(batch)
             value = self._check_finite(loss, "training")
             self._optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._optimizer.step()
+            if self._grad_scaler is not None:
+                self._grad_scaler.scale(loss).backward()
+                self._grad_scaler.step(self._optimizer)
+                self._grad_scaler.update()
+            else:
+                loss.backward()
+                self._optimizer.step()
             if self._scheduler_step == "batch" and self._scheduler is not None:
                 self._scheduler.step()
             self.state.current_loss = value
