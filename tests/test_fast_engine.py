@@ -208,3 +208,27 @@ def test_channels_last_false_keeps_the_model_layout(tmp_path):
     fit(model, docs, epochs=1, batch_size=4, loss=NTXentLoss(),
         preprocess_fn=vision_preprocessor(SIZE, SIZE), channels_last=False)
     assert model.conv.weight.is_contiguous()
+
+
+def test_gpu_code_path_on_the_cpu_gives_the_same_model(tmp_path, monkeypatch):
+    """Views made 'on the device' (PendingViews, batches loaded by the prefetch thread)
+    train exactly as views made in collation: forced here on the CPU."""
+    import finetuner_selfsup.engine.batched_views as bv
+    import finetuner_selfsup.engine.tuner as tuner_module
+
+    docs = jpeg_docs(tmp_path, 8)
+    results = []
+    for force_device_path in (False, True):
+        if force_device_path:
+            real_init = bv.SourceCollate.__init__
+            monkeypatch.setattr(
+                bv.SourceCollate, "__init__", lambda self, make_views, on_device: real_init(self, make_views, True)
+            )
+            used = []
+            real_prefetch = tuner_module.prefetch
+            monkeypatch.setattr(tuner_module, "prefetch", lambda loader: used.append(1) or real_prefetch(loader))
+        model = tiny_cnn()
+        fit(model, docs, epochs=2, batch_size=8, loss=NTXentLoss(), preprocess_fn=vision_preprocessor(SIZE, SIZE), seed=5)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert used == [1, 1]  # one prefetching loader per epoch
+    assert all(torch.equal(a, b) for a, b in zip(*results))

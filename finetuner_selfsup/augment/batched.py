@@ -184,7 +184,9 @@ class BatchedSimCLRAugmentation:
         aug = self.augmentation
         n = int(source_index.shape[0])
         out = torch.empty((n, 3, aug.height, aug.width), dtype=torch.float32, device=pixels.device)
-        chunk = CPU_CHUNK if pixels.device.type == "cpu" else max(n, 1)
+        chunk = cpu_chunk_size(aug.height, aug.width) if pixels.device.type == "cpu" else max(n, 1)
+        if pixels.dtype == torch.uint8 and pixels.device.type == "cpu":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         scale = shift = None
         if normalize is not None:
             mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device) for v in normalize)
@@ -219,8 +221,14 @@ class BatchedSimCLRAugmentation:
         return views
 
 
-#: views made at a time on the CPU: ~2.4 MB of float32 at 224 px, cache-sized
-CPU_CHUNK = 4
+#: bytes of float32 views made at a time on the CPU: about a core's L2 cache
+CPU_CHUNK_BYTES = 2_500_000
+
+
+def cpu_chunk_size(height: int, width: int) -> int:
+    """Views made at a time on the CPU: 4 at 224 px, more for small images (where the
+    cost per call, not memory, dominates), at most 64."""
+    return max(1, min(64, CPU_CHUNK_BYTES // (3 * 4 * height * width)))
 
 
 def _slice_params(params: ViewParameters, rows: slice) -> ViewParameters:
@@ -283,13 +291,15 @@ def resized_crops(
     resized in uint8 as torchvision does, on its fast path, then scaled to [0, 1]).
     """
     out = torch.empty((len(source_index), 3, *size), dtype=torch.float32, device=pixels.device)
+    if pixels.dtype == torch.uint8 and pixels.device.type == "cpu":
+        # torch's uint8 antialiased kernel works on channels-last data: convert once here
+        # (a no-op for a batch already converted) rather than once per crop
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
     rows = zip(source_index.tolist(), top.tolist(), left.tolist(), height.tolist(), width.tolist())
     is_uint8 = pixels.dtype == torch.uint8
     for k, (s, t, l, h, w) in enumerate(rows):
         crop = pixels[s : s + 1, :, t : t + h, l : l + w]
         if is_uint8 and pixels.device.type == "cpu":
-            # torch's uint8 antialiased kernel is vectorised for channels-last input
-            crop = crop.contiguous(memory_format=torch.channels_last)
             resized = F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)
             out[k] = resized[0].to(torch.float32).div_(255.0)
         else:
@@ -372,13 +382,13 @@ def _color_jitter(
     views: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, order: torch.Tensor
 ) -> torch.Tensor:
     """Apply the four jitter operations to the chosen views, each view in its own order."""
-    if views.device.type == "cpu":
+    if views.device.type == "cpu" and views.shape[0] <= 8:
         return _color_jitter_view_by_view(views, apply, factors, order)
     return _color_jitter_grouped(views, apply, factors, order)
 
 
 def _color_jitter_view_by_view(views, apply, factors, order):
-    """CPU: one view at a time -- slicing a view is free, gathering a group is a copy,
+    """CPU, large views: one view at a time -- slicing a view is free, gathering a group is a copy,
     and one 224 px view stays in cache through its four operations."""
     factor_rows = factors.tolist()
     order_rows = order.tolist()
@@ -391,7 +401,7 @@ def _color_jitter_view_by_view(views, apply, factors, order):
 
 
 def _color_jitter_grouped(views, apply, factors, order):
-    """GPU: step ``k`` applies every view's ``order[:, k]``-th operation, the views grouped
+    """GPU, or many small views: step ``k`` applies every view's ``order[:, k]``-th operation, the views grouped
     by operation -- 16 batched calls instead of four per view (kernel launches are the cost)."""
     device = views.device
     for step in range(4):

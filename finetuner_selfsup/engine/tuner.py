@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..devices import resolve_device
 from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
+from .prefetch import prefetch
 from .data_kinds import DataKind, describe_document, detect_data_kind
 from .datasets import LabelledDataset, SessionDataset, TwoViewDataset
 from .samplers import ClassBatchSampler, InstanceBatchSampler, SessionBatchSampler
@@ -418,9 +419,16 @@ class Tuner:
             )
         return value
 
+    def _batches(self, loader: DataLoader) -> Iterable[Batch]:
+        """The loader's batches; loaded a few ahead in a thread when the views are made on
+        the GPU and there are no worker processes (see :mod:`.prefetch`)."""
+        if loader.num_workers == 0 and isinstance(loader.collate_fn, SourceCollate) and loader.collate_fn.on_device:
+            return prefetch(loader)
+        return loader
+
     def _train_epoch(self, loader: DataLoader) -> None:
         self._embed_model.train()
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(self._batches(loader)):
             self.state.batch_index = index
             for group_index, group in enumerate(self._optimizer.param_groups):
                 self.state.learning_rates[f"group_{group_index}"] = group["lr"]
@@ -445,7 +453,7 @@ class Tuner:
     def _eval_epoch(self, loader: DataLoader) -> None:
         self._embed_model.eval()
         with torch.no_grad():
-            for index, batch in enumerate(loader):
+            for index, batch in enumerate(self._batches(loader)):
                 self.state.batch_index = index
                 if not self._note_skipped(batch):
                     continue

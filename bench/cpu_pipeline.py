@@ -1,0 +1,136 @@
+"""Input pipeline alone, CPU: SimCLR views per second at 224 px from TLL-size JPEGs.
+
+The model is a near-free linear map on a 4x4 pooled image, so the input pipeline is the
+bottleneck; every configuration trains it with NT-Xent for a few epochs, in one process
+(``num_workers=0``), and is timed from the second epoch on (the first one decodes).
+
+Configurations:
+
+* ``ours``: ``ft.fit(..., preprocess_fn=vision_preprocessor())`` -- the tutorial's call
+  (decode once, batched views);
+* ``ours-per-view``: the same augmentation called view by view (a plain function
+  around ``vision_preprocessor()``, which the engine cannot batch): the naive torchvision v2 pipeline on
+  cached uint8 tensors;
+* ``finetuner-0.4.1``: Finetuner 0.4.1's own ``fit`` and ``vision_preprocessor``
+  (albumentations 1.3 on OpenCV, the decoded image cached on the document), made
+  runnable: its uint8 output is converted to float (FACTS.md);
+* ``lightly``: lightly's ``SimCLRTransform`` on a JPEG decoded per access, a torch
+  DataLoader, the same model and loss.
+
+Run: ``python bench/cpu_pipeline.py`` (needs ``pip install ".[bench]"``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+IMAGES = 512
+BATCH = 256  # views
+EPOCHS = 4
+
+
+def cheap_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 32))
+
+
+def documents(args):
+    from docarray import Document, DocumentArray
+
+    paths = H.make_jpegs(args.data, IMAGES)
+    return DocumentArray(Document(uri=p) for p in paths)
+
+
+def run_ours(args, per_view: bool = False):
+    import finetuner as ft
+    from finetuner.tuner.augmentation import vision_preprocessor
+    from finetuner.tuner.pytorch.losses import NTXentLoss
+
+    clock = H.EpochClock()
+    preprocess = vision_preprocessor()
+    if per_view:
+        def preprocess_one(doc, _p=preprocess):  # a plain function: the engine calls it per view
+            return _p(doc)
+    ft.fit(
+        cheap_model(), documents(args), epochs=EPOCHS, batch_size=BATCH, loss=NTXentLoss(),
+        preprocess_fn=preprocess_one if per_view else preprocess, callbacks=[clock.as_callback()],
+    )
+    return H.throughput(2 * IMAGES, clock.times)
+
+
+def run_finetuner(args):
+    import numpy as np
+    import finetuner as ft
+    from finetuner.tuner.augmentation import vision_preprocessor
+
+    upstream = vision_preprocessor()
+
+    def preprocess(doc):  # upstream returns uint8 for uri images: the fix of FACTS.md
+        return upstream(doc).astype(np.float32) / 255.0
+
+    clock = H.EpochClock()
+    ft.fit(
+        cheap_model(), documents(args), epochs=EPOCHS, batch_size=BATCH, loss="NTXentLoss",
+        preprocess_fn=preprocess, callbacks=[clock.as_callback()],
+    )
+    return H.throughput(2 * IMAGES, clock.times)
+
+
+def run_lightly(args):
+    import time
+
+    import torch
+    from lightly.loss import NTXentLoss
+    from lightly.transforms import SimCLRTransform
+    from PIL import Image
+
+    paths = H.make_jpegs(args.data, IMAGES)
+    transform = SimCLRTransform(input_size=224)
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            return transform(Image.open(paths[i]).convert("RGB"))
+
+    loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH // 2, shuffle=True, drop_last=False)
+    model, loss_fn = cheap_model(), NTXentLoss()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    times = []
+    for _ in range(EPOCHS):
+        start = time.perf_counter()
+        for x0, x1 in loader:
+            loss = loss_fn(model(x0), model(x1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return H.throughput(2 * IMAGES, times)
+
+
+CONFIGS = {
+    "finetuner-0.4.1": run_finetuner,
+    "ours": run_ours,
+    "ours-per-view": lambda args: run_ours(args, per_view=True),
+    "lightly": run_lightly,
+}
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fss-bench-tll-size")
+
+
+if __name__ == "__main__":
+    H.main(
+        f"CPU input pipeline: SimCLR views/s at 224 px from {IMAGES} TLL-size JPEGs, one process",
+        CONFIGS, anchor="finetuner-0.4.1", add_arguments=arguments, upstream=("finetuner-0.4.1",),
+    )

@@ -1,0 +1,152 @@
+"""End-to-end self-supervised training, CPU: ResNet-18 at 64 px, 64 images x 2 views a batch.
+
+SimCLR training (NT-Xent, SimCLR v1's 2-layer head, Adam) from TLL-size JPEGs; views per
+second from the second epoch on. The anchor is the *model-only bound*: forward, backward
+and Adam on ready tensors, nothing else -- an input pipeline fully hidden would reach it.
+
+Configurations:
+
+* ``model-only``: the bound, float32, default (contiguous) layout -- the anchor;
+* ``model-only-channels-last``: the same in channels-last layout (what the engine uses);
+* ``ours``: the tutorial's call, ``ft.fit(..., preprocess_fn=vision_preprocessor(64, 64))``,
+  default settings (float32, channels-last);
+* ``ours-bf16``: the same with ``precision='bf16'`` (bfloat16 autocast; CPUs with
+  AVX-512-BF16/AMX);
+* ``finetuner-0.4.1``: Finetuner 0.4.1's own ``fit`` and ``vision_preprocessor`` (its
+  uint8 output converted to float, as FACTS.md says);
+* ``lightly``: lightly's SimCLR recipe (``SimCLRTransform(input_size=64)``, its
+  ``NTXentLoss``), JPEG decoded per access, torch DataLoader in the main process.
+
+Run: ``python bench/cpu_ssl.py`` (needs ``pip install ".[bench]"``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+IMAGES = 256
+BATCH = 128  # views: 64 images x 2
+SIDE = 64
+EPOCHS = 4
+
+
+def documents(args):
+    from docarray import Document, DocumentArray
+
+    return DocumentArray(Document(uri=p) for p in H.make_jpegs(args.data, IMAGES))
+
+
+def run_model_only(args, channels_last: bool = False):
+    import torch
+
+    from finetuner_selfsup.losses import NTXentLoss
+
+    model = H.resnet18_with_head()
+    loss_fn = NTXentLoss(temperature=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    inputs = torch.randn(BATCH, 3, SIDE, SIDE)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    labels = torch.arange(BATCH // 2).repeat(2)
+    times = []
+    for _ in range(EPOCHS):
+        start = time.perf_counter()
+        for _ in range(IMAGES * 2 // BATCH):
+            loss = loss_fn(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return H.throughput(2 * IMAGES, times)
+
+
+def run_ours(args, precision: str = "auto"):
+    import finetuner as ft
+    from finetuner.tuner.augmentation import vision_preprocessor
+    from finetuner.tuner.pytorch.losses import NTXentLoss
+
+    clock = H.EpochClock()
+    ft.fit(
+        H.resnet18_with_head(), documents(args), epochs=EPOCHS, batch_size=BATCH,
+        loss=NTXentLoss(temperature=0.5), preprocess_fn=vision_preprocessor(SIDE, SIDE),
+        callbacks=[clock.as_callback()], precision=precision,
+    )
+    return H.throughput(2 * IMAGES, clock.times)
+
+
+def run_finetuner(args):
+    import numpy as np
+    import finetuner as ft
+    from finetuner.tuner.augmentation import vision_preprocessor
+    from finetuner.tuner.pytorch.losses import NTXentLoss
+
+    upstream = vision_preprocessor(SIDE, SIDE)
+
+    def preprocess(doc):  # upstream returns uint8 for uri images: the fix of FACTS.md
+        return upstream(doc).astype(np.float32) / 255.0
+
+    clock = H.EpochClock()
+    ft.fit(
+        H.resnet18_with_head(), documents(args), epochs=EPOCHS, batch_size=BATCH,
+        loss=NTXentLoss(temperature=0.5), preprocess_fn=preprocess, callbacks=[clock.as_callback()],
+    )
+    return H.throughput(2 * IMAGES, clock.times)
+
+
+def run_lightly(args):
+    import torch
+    from lightly.loss import NTXentLoss
+    from lightly.transforms import SimCLRTransform
+    from PIL import Image
+
+    paths = H.make_jpegs(args.data, IMAGES)
+    transform = SimCLRTransform(input_size=SIDE)
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            return transform(Image.open(paths[i]).convert("RGB"))
+
+    loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH // 2, shuffle=True)
+    model, loss_fn = H.resnet18_with_head(), NTXentLoss(temperature=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    times = []
+    for _ in range(EPOCHS):
+        start = time.perf_counter()
+        for x0, x1 in loader:
+            loss = loss_fn(model(x0), model(x1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return H.throughput(2 * IMAGES, times)
+
+
+CONFIGS = {
+    "model-only": run_model_only,
+    "model-only-channels-last": lambda args: run_model_only(args, channels_last=True),
+    "ours": run_ours,
+    "ours-bf16": lambda args: run_ours(args, precision="bf16"),
+    "finetuner-0.4.1": run_finetuner,
+    "lightly": run_lightly,
+}
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fss-bench-tll-size")
+
+
+if __name__ == "__main__":
+    H.main(
+        f"CPU self-supervised training: ResNet-18, {SIDE} px, {BATCH // 2} images x 2 views a batch",
+        CONFIGS, anchor="model-only", add_arguments=arguments, upstream=("finetuner-0.4.1",),
+    )
