@@ -130,6 +130,8 @@ def main(
     parser.add_argument("--only", nargs="+", choices=sorted(configs), help="configurations to run (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over all configurations, interleaved; the median of the rounds is reported")
     if add_arguments:
         add_arguments(parser)
     args, _ = parser.parse_known_args()
@@ -146,32 +148,44 @@ def main(
     names = args.only or list(configs)
     if anchor not in names:
         names = [anchor] + names
+    rounds: Dict[str, List[dict]] = {name: [] for name in names}
+    for round_index in range(args.repeat):
+        for name in names:
+            env = dict(os.environ)
+            if name in upstream:
+                env["FINETUNER_SELFSUP_DISABLE"] = "1"  # Finetuner 0.4.1's own fit
+            command = [sys.executable, sys.argv[0], *sys.argv[1:], "--config", name]
+            print(f"--- round {round_index + 1}: {name}", flush=True)
+            process = subprocess.run(command, env=env, capture_output=True, text=True)
+            lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+            if process.returncode != 0 or not lines:
+                print(process.stdout[-2000:], process.stderr[-4000:], sep="\n")
+                continue
+            rounds[name].append(json.loads(lines[-1][len("RESULT "):]))
+            print(json.dumps(rounds[name][-1]), flush=True)
     results: Dict[str, dict] = {}
-    for name in names:
-        env = dict(os.environ)
-        if name in upstream:
-            env["FINETUNER_SELFSUP_DISABLE"] = "1"  # Finetuner 0.4.1's own fit
-        command = [sys.executable, sys.argv[0], *sys.argv[1:], "--config", name]
-        print(f"--- {name}", flush=True)
-        process = subprocess.run(command, env=env, capture_output=True, text=True)
-        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-        if process.returncode != 0 or not lines:
-            print(process.stdout[-2000:], process.stderr[-4000:], sep="\n")
-            results[name] = {"error": f"exit code {process.returncode}"}
+    for name, measured in rounds.items():
+        if not measured:
+            results[name] = {"error": "no successful run"}
             continue
-        results[name] = json.loads(lines[-1][len("RESULT "):])
-        print(json.dumps(results[name]), flush=True)
+        rates = [m["views_per_s"] for m in measured]
+        results[name] = {
+            "views_per_s": statistics.median(rates),
+            "rounds_views_per_s": [round(r, 1) for r in rates],
+            "peak_rss_mb": max(m["peak_rss_mb"] for m in measured),
+        }
 
     base = results.get(anchor, {}).get("views_per_s")
     print(f"\n{description}\n")
-    print(f"| configuration | views/s | ratio to {anchor} | peak RSS MB |")
-    print("|---|---:|---:|---:|")
+    print(f"| configuration | views/s (median) | ratio to {anchor} | views/s per round | peak RSS MB |")
+    print("|---|---:|---:|---|---:|")
     for name, result in results.items():
         if "views_per_s" not in result:
-            print(f"| {name} | failed | | |")
+            print(f"| {name} | failed | | | |")
             continue
         ratio = result["views_per_s"] / base if base else float("nan")
-        print(f"| {name} | {result['views_per_s']:.0f} | {ratio:.2f} | {result['peak_rss_mb']:.0f} |")
+        per_round = ", ".join(f"{r:.0f}" for r in result["rounds_views_per_s"])
+        print(f"| {name} | {result['views_per_s']:.0f} | {ratio:.2f} | {per_round} | {result['peak_rss_mb']:.0f} |")
     print("\n" + json.dumps(environment()))
     if args.json:
         args.json.write_text(json.dumps({"results": results, "environment": environment()}, indent=1))

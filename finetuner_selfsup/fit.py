@@ -82,8 +82,9 @@ def fit(
         support it, float32 otherwise), ``'fp32'``, ``'bf16'`` (also on CPUs) or ``'fp16'``
         (GPU, with gradient scaling). Weights, optimiser state and the loss stay float32.
     :param channels_last: (not in 0.4.1) image batches and conv weights in channels-last
-        layout, faster for convolutions on CPUs and GPUs. ``None`` (default) = on, switched
-        off with a warning if the model's forward rejects that layout.
+        layout, faster for convolutions on GPUs. ``None`` (default) = on for CUDA devices,
+        off on the CPU; when on, it is switched off with a warning if the model's forward
+        rejects that layout.
     :param epochs, batch_size, loss, learning_rate, ...: as in Finetuner 0.4.1. The
         default optimiser is Adam with ``learning_rate``; ``configure_optimizer(model)``
         may return an optimiser or ``(optimiser, scheduler)``, the scheduler being

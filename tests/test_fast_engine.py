@@ -184,10 +184,12 @@ def test_bf16_autocast_trains_with_float32_weights_and_loss(tmp_path):
     assert np.isfinite(tuner.state.current_loss)
 
 
-def test_channels_last_is_used_for_conv_models(tmp_path):
+def test_channels_last_default_is_off_on_the_cpu_and_used_when_asked(tmp_path):
     docs = jpeg_docs(tmp_path, 4)
+    assert Tuner(tiny_cnn(), device="cpu").channels_last is False
     model = tiny_cnn()
-    fit(model, docs, epochs=1, batch_size=4, loss=NTXentLoss(), preprocess_fn=vision_preprocessor(SIZE, SIZE))
+    fit(model, docs, epochs=1, batch_size=4, loss=NTXentLoss(), preprocess_fn=vision_preprocessor(SIZE, SIZE),
+        channels_last=True)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -196,7 +198,8 @@ def test_model_that_rejects_channels_last_falls_back_with_a_warning(tmp_path, ca
     model = ViewAfterConv()
     before = model.fc.weight.detach().clone()
     with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
-        fit(model, docs, epochs=2, batch_size=4, loss=NTXentLoss(), preprocess_fn=vision_preprocessor(SIZE, SIZE))
+        fit(model, docs, epochs=2, batch_size=4, loss=NTXentLoss(), preprocess_fn=vision_preprocessor(SIZE, SIZE),
+            channels_last=True)
     assert "channels-last" in caplog.text
     assert model.conv.weight.is_contiguous()
     assert not torch.equal(before, model.fc.weight)

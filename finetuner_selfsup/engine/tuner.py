@@ -110,9 +110,12 @@ class Tuner:
         self._grad_scaler = (
             torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         )
-        #: image batches and conv weights in channels-last layout (faster convolutions);
+        #: image batches and conv weights in channels-last layout (faster convolutions on
+        #: GPUs; measured no faster on this project's CPU, so off there by default);
         #: switched off by itself if the model's forward rejects that layout
-        self.channels_last = True if channels_last is None else bool(channels_last)
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        self.channels_last = bool(channels_last)
         self._layout_checked = False
         self._loss = resolve_loss(loss)
         self._learning_rate = learning_rate
