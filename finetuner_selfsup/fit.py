@@ -69,6 +69,12 @@ def fit(
 
     Without ``to_embedding_model`` the given model itself is trained (in place) and returned.
 
+    Started by ``torchrun --nproc_per_node=N`` (any number of machines), the same call
+    trains data-parallel (DDP): ``batch_size`` stays the global batch, each process takes
+    its share of every batch, NT-Xent contrasts with the views of all processes, and
+    only process 0 shows progress and runs callbacks; every process returns the same
+    model. See the docs page on several GPUs.
+
     :param seed: (not in Finetuner 0.4.1) seeds torch, Python's ``random`` and numpy and the
         batch order, for repeatable runs on CPU.
     :param resume_from: (not in 0.4.1) a checkpoint written by ``TrainingCheckpoint``, or its
@@ -93,10 +99,14 @@ def fit(
     import torch
 
     from .devices import resolve_device
+    from . import distributed
     from .engine.tuner import Tuner, resolve_precision
 
     # fail before any work if e.g. CUDA is missing or the precision is unknown
     resolve_precision(precision, resolve_device(device))
+    # under torchrun: join the process group; 'cuda' becomes this process's GPU
+    _, rank_device = distributed.setup(resolve_device(device))
+    device = str(rank_device) if rank_device.type == "cuda" else device
     generator = None
     if seed is not None:
         _seed_everything(seed)

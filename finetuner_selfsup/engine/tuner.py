@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import distributed
 from ..devices import resolve_device
 from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
@@ -104,6 +105,8 @@ class Tuner:
             raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}.")
         self.device = resolve_device(device)
         self._device_name = device
+        #: rank and world size when running data-parallel (under torchrun), else None
+        self.distributed = distributed.current()
         self._embed_model = embed_model.to(self.device)
         #: autocast dtype of the forward pass (None: float32), see :func:`resolve_precision`
         self.autocast_dtype = resolve_precision(precision, self.device)
@@ -122,9 +125,14 @@ class Tuner:
         self._scheduler_step = scheduler_step
         self._scheduler = None
         #: draws the batch order; saved in checkpoints so a resumed run sees the same order
-        self.batch_order_generator = generator or torch.Generator().manual_seed(
-            int(torch.randint(0, 2**62, (1,)).item())
-        )
+        if generator is None:
+            seed = (
+                distributed.broadcast_seed(self.distributed)  # one batch plan on every rank
+                if self.distributed is not None
+                else int(torch.randint(0, 2**62, (1,)).item())
+            )
+            generator = torch.Generator().manual_seed(seed)
+        self.batch_order_generator = generator
         #: ``(document, reason)`` of every item left out because its image was unreadable
         self.skipped_documents: List[Tuple[str, str]] = []
         self._progress_bar = Progress()
@@ -145,7 +153,13 @@ class Tuner:
             # fused: one kernel for all parameters on the GPU (same update as the default)
             fused = {"fused": True} if self.device.type == "cuda" else {}
             self._optimizer = torch.optim.Adam(self._embed_model.parameters(), lr=learning_rate, **fused)
-        self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
+        # Data-parallel: only rank 0 shows progress, logs and writes checkpoints; its
+        # decisions (early stopping) and final weights are shared with the other ranks.
+        if self.distributed is not None and not self.distributed.is_main:
+            self._callbacks: List[Any] = []
+        else:
+            self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
+        self._train_module: nn.Module = self._embed_model
 
         from finetuner.tuner.state import TunerState
 
@@ -210,6 +224,7 @@ class Tuner:
             dataset = SessionDataset(docs, preprocess_fn, skip_unreadable)
             sampler = SessionBatchSampler(dataset.labels, batch_size, generator)
             names = [describe_document(dataset.document(i)) for i in range(len(dataset))]
+        sampler = self._shard(sampler, kind, getattr(dataset, "labels", None))
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -241,6 +256,7 @@ class Tuner:
             dataset = SourceDataset(docs, preprocessor, labels, skip_unreadable)
             sampler = ClassBatchSampler(labels, batch_size, num_items_per_class, generator)
             make_views = BatchViews(preprocessor, views_per_image=1)
+        sampler = self._shard(sampler, kind, None if kind is DataKind.INSTANCE else labels)
         on_device = self.device.type != "cpu"
         return DataLoader(
             dataset,
@@ -250,6 +266,30 @@ class Tuner:
             persistent_workers=num_workers > 0,
             pin_memory=self.device.type == "cuda",
         )
+
+    def _shard(self, sampler: Any, kind: DataKind, labels: Optional[Sequence[Any]]) -> Any:
+        """Data-parallel: this rank's share of each global batch (see :mod:`..distributed`)."""
+        if self.distributed is None:
+            return sampler
+        if kind is DataKind.SESSION:
+            raise ValueError(
+                "session data (documents with labelled matches) cannot be trained on "
+                "several processes yet; run it on one process."
+            )
+        per_rank = 2  # two images (NT-Xent) or two items (a positive pair) on every rank
+        return distributed.ShardedBatchSampler(sampler, self.distributed, labels, min_per_rank=per_rank)
+
+    def _wrap_for_data_parallel(self) -> None:
+        """DistributedDataParallel around the model (after its layout is fixed)."""
+        if self.distributed is None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.channels_last:
+            self._embed_model.to(memory_format=torch.channels_last)
+        self._layout_checked = True  # no fallback probe under DDP: the layout is fixed now
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self._train_module = DistributedDataParallel(self._embed_model, device_ids=device_ids)
 
     def _to_device(self, inputs: Any) -> Any:
         if isinstance(inputs, PendingViews):
@@ -311,6 +351,7 @@ class Tuner:
 
         self.state = TunerState(num_epochs=epochs)
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
+        self._wrap_for_data_parallel()
         try:
             self._trigger_callbacks("on_fit_begin")
             for epoch in range(start_epoch, epochs):
@@ -330,9 +371,14 @@ class Tuner:
                     self._eval_epoch(eval_loader)
                     self._trigger_callbacks("on_val_end")
                 self._trigger_callbacks("on_epoch_end")
+                if self.distributed is not None:
+                    self.stop_training = distributed.broadcast_flag(self.stop_training, self.device)
                 if self.stop_training:
                     break
             self._trigger_callbacks("on_fit_end")
+            if self.distributed is not None:
+                # e.g. BestModelCheckpoint restored the best weights on rank 0 only
+                distributed.broadcast_module(self._embed_model)
         except KeyboardInterrupt:
             # Upstream's behaviour: stop, and hand back the model trained so far.
             self._trigger_callbacks("on_keyboard_interrupt")
@@ -387,8 +433,9 @@ class Tuner:
 
     def _autocast_forward(self, inputs: Any) -> Any:
         dtype = self.autocast_dtype
+        module = self._train_module if self._embed_model.training else self._embed_model
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            embeddings = self._embed_model(inputs)
+            embeddings = module(inputs)
         if dtype is not None and isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.float()  # losses compute in float32
         return embeddings
@@ -413,6 +460,8 @@ class Tuner:
 
     def _check_finite(self, loss: torch.Tensor, phase: str) -> float:
         value = float(loss.detach())
+        if self.distributed is not None:  # the global batch's loss, the same on every rank
+            value = distributed.all_reduce_mean(value, self.device)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"the {phase} loss became {value} at epoch {self.state.epoch + 1}, batch "

@@ -152,14 +152,21 @@ class NTXentLoss(nn.Module):
     See :mod:`finetuner_selfsup.losses.ntxent` for the formula and numerics.
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
-        """:param temperature: softmax temperature, > 0 (SimCLR uses 0.1 to 0.5)."""
+    def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
+        """:param temperature: softmax temperature, > 0 (SimCLR uses 0.1 to 0.5).
+        :param gather_distributed: in data-parallel training (an initialised process
+            group of several processes), contrast every view with the views of *all*
+            processes, gathered with gradients; the loss is scaled so that the gradient
+            DDP averages is the gradient of the global batch's loss. ``False`` keeps the
+            negatives local to each process.
+        """
         super().__init__()
         _check_temperature(temperature)
         self.temperature = temperature
+        self.gather_distributed = gather_distributed
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
     def forward(
         self,
@@ -186,4 +193,23 @@ class NTXentLoss(nn.Module):
             first, second = views_from_labels(labels)
             z1 = embeddings[first.to(embeddings.device)]
             z2 = embeddings[second.to(embeddings.device)]
-        return nt_xent_loss(z1, z2, self.temperature)
+        from .. import distributed
+
+        context = distributed.current() if self.gather_distributed else None
+        if context is None:
+            return nt_xent_loss(z1, z2, self.temperature)
+        return self._gathered_loss(z1, z2, context.world_size)
+
+    def _gathered_loss(self, z1: torch.Tensor, z2: torch.Tensor, world_size: int) -> torch.Tensor:
+        """Local queries against the views of all processes (rows in rank order).
+
+        The mean over this process's ``2n`` queries is rescaled by ``n * W / N`` (``N``
+        instances in all): DDP's gradient average over the ``W`` processes then equals the
+        gradient of the mean over all ``2N`` queries, also when shards differ in size.
+        """
+        from ..distributed import all_gather_with_grad
+
+        all_z1, offset = all_gather_with_grad(z1)
+        all_z2, _ = all_gather_with_grad(z2)
+        loss = nt_xent_loss(z1, z2, self.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset)
+        return loss * (z1.shape[0] * world_size / all_z1.shape[0])

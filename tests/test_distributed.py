@@ -1,0 +1,122 @@
+"""Data-parallel training: per-rank shards of the global batch, and 2 processes (torchrun,
+gloo, CPU) training exactly as one process on the same global batches."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetuner_selfsup.distributed import (
+    DistributedContext,
+    ShardedBatchSampler,
+    split_by_groups,
+    split_contiguous,
+)
+from finetuner_selfsup.engine.samplers import ClassBatchSampler, InstanceBatchSampler
+
+HERE = Path(__file__).resolve().parent
+
+
+def shards(make_sampler, world_size, labels=None, min_per_rank=2):
+    """Every rank's batches for one epoch (each rank with its own, identically seeded sampler)."""
+    return [
+        list(ShardedBatchSampler(make_sampler(), DistributedContext(r, world_size, r), labels, min_per_rank))
+        for r in range(world_size)
+    ]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("num_items", [12, 13, 31])
+def test_instance_shards_cover_every_item_exactly_once(world_size, num_items):
+    per_rank = shards(lambda: InstanceBatchSampler(num_items, 6, torch.Generator().manual_seed(1)), world_size)
+    assert len({len(batches) for batches in per_rank}) == 1  # every rank takes the same steps
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert sorted(seen) == list(range(num_items))  # none twice, none lost
+    assert all(len(batch) >= 2 for batches in per_rank for batch in batches)
+
+
+def test_shards_are_contiguous_pieces_of_the_single_process_batches():
+    single = list(InstanceBatchSampler(12, 4, torch.Generator().manual_seed(5)))
+    per_rank = shards(lambda: InstanceBatchSampler(12, 4, torch.Generator().manual_seed(5)), 2)
+    for step, batch in enumerate(single):
+        assert per_rank[0][step] + per_rank[1][step] == batch
+
+
+def test_shards_are_deterministic_given_the_seed_and_change_between_epochs():
+    make = lambda: InstanceBatchSampler(20, 4, torch.Generator().manual_seed(9))  # noqa: E731
+    assert shards(make, 2) == shards(make, 2)
+    sampler = ShardedBatchSampler(make(), DistributedContext(0, 2, 0), None, 2)
+    assert list(sampler) != list(sampler)
+
+
+def test_small_last_global_batch_joins_the_previous_one():
+    # 10 images, 4 per batch: 4, 4, 2 -> with 2 ranks and 2 images per rank, the last
+    # batch (1 image a rank) joins the one before it: 4, 6
+    per_rank = shards(lambda: InstanceBatchSampler(10, 4, torch.Generator().manual_seed(0)), 2)
+    assert [len(b) for b in per_rank[0]] == [2, 3] and [len(b) for b in per_rank[1]] == [2, 3]
+
+
+def test_class_batches_keep_each_class_on_one_rank():
+    labels = [i // 4 for i in range(40)]  # 10 classes of 4
+    per_rank = shards(lambda: ClassBatchSampler(labels, 8, 2, torch.Generator().manual_seed(2)), 2, labels)
+    for batches in per_rank:
+        for batch in batches:
+            counts = {}
+            for i in batch:
+                counts[labels[i]] = counts.get(labels[i], 0) + 1
+            assert all(c >= 2 for c in counts.values())  # positives stay together
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert len(seen) == len(set(seen))
+
+
+def test_split_helpers():
+    assert split_contiguous(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_by_groups([0, 1, 2, 3, 4, 5], ["a", "a", "b", "b", "c", "c"], 2) == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_too_small_a_global_batch_for_the_ranks_is_a_clear_error():
+    with pytest.raises(ValueError, match="larger batch_size or fewer processes"):
+        shards(lambda: InstanceBatchSampler(3, 2, torch.Generator().manual_seed(0)), 2)
+
+
+def run_worker(out_dir: Path, torchrun: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else [sys.executable]
+    result = subprocess.run(
+        [*launcher, str(HERE / "ddp_worker.py"), str(out_dir)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def test_two_processes_train_exactly_as_one_on_the_same_global_batches(tmp_path):
+    """torchrun, 2 processes, gloo: same losses and weights as 1 process (SGD, so a wrong
+    gradient scale through the gathered NT-Xent would show), within 1e-5."""
+    run_worker(tmp_path, torchrun=False)
+    run_worker(tmp_path, torchrun=True)
+    single = torch.load(tmp_path / "single.pt")
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key in single:
+        assert torch.equal(rank0[key], rank1[key]), key  # every rank returns the same model
+        assert torch.allclose(rank0[key], single[key], atol=1e-5, rtol=0), key
+    losses_single = json.loads((tmp_path / "single.json").read_text())["losses"]
+    losses_ddp = json.loads((tmp_path / "rank0.json").read_text())["losses"]
+    assert len(losses_single) == len(losses_ddp) == 9  # 3 epochs x 3 batches of 4 images
+    assert losses_ddp == pytest.approx(losses_single, abs=1e-5)
+    assert json.loads((tmp_path / "rank1.json").read_text())["losses"] == []  # callbacks: rank 0 only
+    # the gathered NT-Xent with shards of 3 and 2 instances: loss and gradient as one process
+    uneven_single = json.loads((tmp_path / "single-uneven.json").read_text())
+    uneven_ddp = json.loads((tmp_path / "rank0-uneven.json").read_text())
+    assert uneven_ddp["loss"] == pytest.approx(uneven_single["loss"], abs=1e-10)
+    assert torch.allclose(torch.tensor(uneven_ddp["grad"]), torch.tensor(uneven_single["grad"]), atol=1e-10)
+    # labelled data (class batches, triplet loss) and the fast image path also run under
+    # DDP, and both ranks end with the same weights
+    smoke0 = torch.load(tmp_path / "rank0-smoke.pt")
+    smoke1 = torch.load(tmp_path / "rank1-smoke.pt")
+    for key in smoke0:
+        assert torch.equal(smoke0[key], smoke1[key]) and torch.isfinite(smoke0[key]).all(), key
