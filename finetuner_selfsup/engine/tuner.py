@@ -143,6 +143,7 @@ class Tuner:
         self._num_workers = 0
         self.stop_training = False
 
+        self._configure_optimizer = configure_optimizer
         if configure_optimizer is not None:
             configured = configure_optimizer(self._embed_model)
             if isinstance(configured, tuple):
@@ -350,6 +351,7 @@ class Tuner:
         from finetuner.tuner.state import TunerState
 
         self.state = TunerState(num_epochs=epochs)
+        self._plan_optimizer(kind, batch_size, len(train_loader.batch_sampler), epochs)
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
         self._wrap_for_data_parallel()
         try:
@@ -391,6 +393,15 @@ class Tuner:
             raise
         finally:
             self._report_skipped()
+
+    def _plan_optimizer(self, kind: DataKind, batch_size: int, steps_per_epoch: int, epochs: int) -> None:
+        """Tell a ``configure_optimizer`` with a ``plan`` method (e.g.
+        :class:`~finetuner_selfsup.optim.LargeBatchRecipe`) the batch and the run's length."""
+        plan = getattr(self._configure_optimizer, "plan", None)
+        if plan is None:
+            return
+        images_per_batch = batch_size // 2 if kind is DataKind.INSTANCE else batch_size
+        plan(images_per_batch=images_per_batch, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
     def _resume(self, resume_from: str) -> int:
         from .checkpoint import find_checkpoint, load_checkpoint, restore_tuner
