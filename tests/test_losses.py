@@ -337,3 +337,53 @@ def test_tuner_pytorch_mirror_exports():
         "SiameseMiner", "TripletMiner", "SiameseEasyHardMiner", "TripletEasyHardMiner",
         "SiameseSessionMiner", "TripletSessionMiner",
     }
+
+
+# ---------------------------------------------------------------- NT-Xent memory bank
+
+
+def _reference_with_queue(z1, z2, queue, t):
+    """Hand-written NT-Xent with extra negatives: loop over queries."""
+    import torch.nn.functional as F
+
+    views = F.normalize(torch.cat([z1, z2]), dim=1)
+    extra = F.normalize(queue, dim=1) if queue is not None else views[:0]
+    n = z1.shape[0]
+    losses = []
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        sims = [float(views[i] @ views[k]) / t for k in range(2 * n) if k != i]
+        sims += [float(views[i] @ q) / t for q in extra]
+        pos = float(views[i] @ views[positive]) / t
+        losses.append(-pos + math.log(sum(math.exp(s) for s in sims)))
+    return sum(losses) / len(losses)
+
+
+def test_ntxent_memory_bank_adds_past_views_as_negatives():
+    from finetuner_selfsup.losses import NTXentLoss
+
+    torch.manual_seed(0)
+    loss_fn = NTXentLoss(temperature=0.5, memory_bank_size=6)
+    first = torch.randn(8, 4, dtype=torch.float64)  # 4 instances x 2 views
+    second = torch.randn(8, 4, dtype=torch.float64)
+    assert float(loss_fn(first)) == pytest.approx(_reference_with_queue(first[:4], first[4:], None, 0.5))
+    assert loss_fn.memory_bank.shape == (6, 4)  # 8 views, the 6 newest kept
+    queue = loss_fn.memory_bank.clone()
+    assert torch.allclose(queue, torch.nn.functional.normalize(first, dim=1)[2:].float())
+    value = float(loss_fn(second))
+    assert value == pytest.approx(_reference_with_queue(second[:4], second[4:], queue.double(), 0.5), rel=1e-5)
+
+
+def test_ntxent_memory_bank_is_left_alone_in_evaluation_and_off_by_default():
+    from finetuner_selfsup.losses import NTXentLoss
+
+    z = torch.randn(8, 4)
+    assert NTXentLoss().memory_bank_size == 0
+    plain = NTXentLoss()
+    plain(z)
+    assert plain.memory_bank is None
+    banked = NTXentLoss(memory_bank_size=16).eval()
+    assert float(banked(z)) == pytest.approx(float(NTXentLoss()(z)))
+    assert banked.memory_bank is None
+    with pytest.raises(ValueError, match="memory_bank_size"):
+        NTXentLoss(memory_bank_size=-1)

@@ -491,6 +491,7 @@ class Tuner:
 
     def _train_epoch(self, loader: DataLoader) -> None:
         self._embed_model.train()
+        self._loss.train()  # e.g. NT-Xent's memory bank is used and filled in training only
         for index, batch in enumerate(self._batches(loader)):
             self.state.batch_index = index
             for group_index, group in enumerate(self._optimizer.param_groups):
@@ -515,6 +516,7 @@ class Tuner:
 
     def _eval_epoch(self, loader: DataLoader) -> None:
         self._embed_model.eval()
+        self._loss.eval()
         with torch.no_grad():
             for index, batch in enumerate(self._batches(loader)):
                 self.state.batch_index = index

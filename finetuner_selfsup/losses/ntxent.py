@@ -53,6 +53,7 @@ def nt_xent_loss(
     all_z1: Optional[torch.Tensor] = None,
     all_z2: Optional[torch.Tensor] = None,
     offset: int = 0,
+    extra_negatives: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """NT-Xent loss of the views ``z1[i] <-> z2[i]``, averaged over all ``2n`` queries.
 
@@ -65,6 +66,9 @@ def nt_xent_loss(
         the local ``2n`` views; candidates become all ``2m`` views. Defaults to ``z1``.
     :param all_z2: the second views of that larger batch, aligned with ``all_z1``.
     :param offset: row of ``z1[0]`` in ``all_z1`` (and of ``z2[0]`` in ``all_z2``).
+    :param extra_negatives: optional ``[k, d]`` embeddings that are negatives of every
+        query (e.g. a queue of earlier batches' views, see :class:`NTXentLoss`); they join
+        every denominator, and no gradient flows into them if they are detached.
     :return: scalar loss (float32, or float64 for float64 inputs).
 
     Averaging the per-process results of a split batch (equal shards, each with the
@@ -97,7 +101,10 @@ def nt_xent_loss(
     with autocast_disabled(z1.device):
         queries = torch.cat([z1, z2])
         candidates = queries if local_only else torch.cat([all_z1, all_z2])
-        logits = cosine_similarity_matrix(queries, candidates) / temperature  # [2n, 2m]
+        if extra_negatives is not None and extra_negatives.shape[0] > 0:
+            # columns 2m.. : never the query itself, never its positive
+            candidates = torch.cat([candidates, extra_negatives.to(candidates.dtype)])
+        logits = cosine_similarity_matrix(queries, candidates) / temperature  # [2n, 2m (+ k)]
 
         rows = torch.arange(2 * n, device=logits.device)
         instance = rows % n + offset  # row of the query's instance in all_z1/all_z2
@@ -152,21 +159,39 @@ class NTXentLoss(nn.Module):
     See :mod:`finetuner_selfsup.losses.ntxent` for the formula and numerics.
     """
 
-    def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.1, gather_distributed: bool = True, memory_bank_size: int = 0
+    ) -> None:
         """:param temperature: softmax temperature, > 0 (SimCLR uses 0.1 to 0.5).
         :param gather_distributed: in data-parallel training (an initialised process
             group of several processes), contrast every view with the views of *all*
             processes, gathered with gradients; the loss is scaled so that the gradient
             DDP averages is the gradient of the global batch's loss. ``False`` keeps the
             negatives local to each process.
+        :param memory_bank_size: keep the views of the last batches in a first-in,
+            first-out queue of this many embeddings (0: off) and use them as extra
+            negatives of every query -- many negatives for the memory of a small batch.
+            The trade-off: queued embeddings come from earlier versions of the model and
+            carry no gradient, so they are slightly stale negatives (MoCo's momentum
+            encoder exists to keep them consistent); a queue much larger than the number
+            of views seen in a few hundred steps mostly adds stale ones. It is not the
+            exact NT-Xent of a larger batch.
         """
         super().__init__()
         _check_temperature(temperature)
+        if not isinstance(memory_bank_size, int) or memory_bank_size < 0:
+            raise ValueError(f"memory_bank_size must be an int >= 0, got {memory_bank_size!r}.")
         self.temperature = temperature
         self.gather_distributed = gather_distributed
+        self.memory_bank_size = memory_bank_size
+        #: the queued embeddings (normalised, detached), newest last
+        self.memory_bank: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+        return (
+            f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
+            f"memory_bank_size={self.memory_bank_size}"
+        )
 
     def forward(
         self,
@@ -197,8 +222,24 @@ class NTXentLoss(nn.Module):
 
         context = distributed.current() if self.gather_distributed else None
         if context is None:
-            return nt_xent_loss(z1, z2, self.temperature)
+            loss = nt_xent_loss(z1, z2, self.temperature, extra_negatives=self._queued(z1))
+            self._enqueue(z1, z2)
+            return loss
         return self._gathered_loss(z1, z2, context.world_size)
+
+    def _queued(self, like: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.memory_bank is None or not self.training:
+            return None
+        return self.memory_bank.to(like.device)
+
+    def _enqueue(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
+        """Add this batch's views (all processes' when gathered) to the queue, oldest out.
+        Only in training mode: evaluation batches neither use nor change the queue."""
+        if self.memory_bank_size == 0 or not self.training:
+            return
+        fresh = F.normalize(torch.cat([z1, z2]).detach().float(), dim=1)
+        bank = fresh if self.memory_bank is None else torch.cat([self.memory_bank.to(fresh.device), fresh])
+        self.memory_bank = bank[-self.memory_bank_size :]
 
     def _gathered_loss(self, z1: torch.Tensor, z2: torch.Tensor, world_size: int) -> torch.Tensor:
         """Local queries against the views of all processes (rows in rank order).
@@ -211,5 +252,9 @@ class NTXentLoss(nn.Module):
 
         all_z1, offset = all_gather_with_grad(z1)
         all_z2, _ = all_gather_with_grad(z2)
-        loss = nt_xent_loss(z1, z2, self.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset)
+        loss = nt_xent_loss(
+            z1, z2, self.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset,
+            extra_negatives=self._queued(z1),
+        )
+        self._enqueue(all_z1, all_z2)  # the same queue on every process
         return loss * (z1.shape[0] * world_size / all_z1.shape[0])
