@@ -142,6 +142,10 @@ def test_readme_links_lead_to_built_pages(site):
         "finetuner_selfsup.miners.TripletEasyHardMiner",
         "finetuner_selfsup.augment.preprocessor.vision_preprocessor",
         "finetuner_selfsup.pictures.save_retrieval_examples",
+        "finetuner_selfsup.augment.batched.BatchedSimCLRAugmentation",
+        "finetuner_selfsup.optim.LargeBatchRecipe",
+        "finetuner_selfsup.optim.LARS",
+        "finetuner_selfsup.distributed.ShardedBatchSampler",
     ],
 )
 def test_api_page_documents(site, anchor):
