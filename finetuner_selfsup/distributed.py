@@ -13,6 +13,7 @@ embeddings equals the single-process loss on the same global batch.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -56,12 +57,21 @@ def setup(device: torch.device) -> Tuple[Optional[DistributedContext], torch.dev
     if launched_by_torchrun() and dist.is_available() and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # We opened it, so we close it at exit: a process group left to the interpreter's
+        # teardown can abort the process (gloo: "terminate called without an active
+        # exception") after the script has finished.
+        atexit.register(_close_process_group)
     context = current()
     if context is not None and device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     return context, device
+
+
+def _close_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_seed(context: DistributedContext) -> int:
@@ -193,3 +203,34 @@ def broadcast_module(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=0)
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> List[Tuple[str, type]]:
+    """Replace every batch-norm layer of ``model`` (in place) by ``nn.SyncBatchNorm``, which
+    normalises over the whole global batch instead of each process's share (SimCLR's
+    "global BN"). Returns what :func:`revert_sync_batchnorm` needs to undo it."""
+    originals = [
+        (name, type(module))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and name
+    ]
+    if isinstance(model, torch.nn.modules.batchnorm._BatchNorm):
+        raise ValueError("the model itself is a batch-norm layer; wrap it in a module first")
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the layers in place
+    return originals
+
+
+def revert_sync_batchnorm(model: torch.nn.Module, originals: List[Tuple[str, type]]) -> None:
+    """Put the original batch-norm classes back (same parameters and running statistics),
+    so the trained model is the user's architecture again, usable on one process."""
+    for name, cls in originals:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        sync = getattr(parent, child)
+        plain = cls(sync.num_features, sync.eps, sync.momentum, sync.affine, sync.track_running_stats)
+        plain.load_state_dict(sync.state_dict())
+        plain.train(sync.training)
+        state = sync.state_dict()
+        if state:
+            plain.to(next(iter(state.values())).device)
+        setattr(parent, child, plain)

@@ -44,6 +44,7 @@ def fit(
     skip_unreadable: bool = False,
     precision: str = "auto",
     channels_last: Optional[bool] = None,
+    sync_batchnorm: bool = False,
 ) -> "nn.Module":
     """Fine-tune ``model`` on ``train_data`` and return the trained model.
 
@@ -91,6 +92,10 @@ def fit(
         layout, faster for convolutions on GPUs. ``None`` (default) = on for CUDA devices,
         off on the CPU; when on, it is switched off with a warning if the model's forward
         rejects that layout.
+    :param sync_batchnorm: (not in 0.4.1) on several GPU processes, normalise batch-norm
+        layers over the whole global batch (``nn.SyncBatchNorm``, SimCLR's global BN)
+        instead of each process's share; the returned model has its original batch-norm
+        layers again. GPU only; no effect on a single process.
     :param epochs, batch_size, loss, learning_rate, ...: as in Finetuner 0.4.1. The
         default optimiser is Adam with ``learning_rate``; ``configure_optimizer(model)``
         may return an optimiser or ``(optimiser, scheduler)``, the scheduler being
@@ -148,6 +153,7 @@ def fit(
         generator=generator,
         precision=precision,
         channels_last=channels_last,
+        sync_batchnorm=sync_batchnorm,
     ).fit(
         train_data,
         eval_data,

@@ -120,3 +120,30 @@ def test_two_processes_train_exactly_as_one_on_the_same_global_batches(tmp_path)
     smoke1 = torch.load(tmp_path / "rank1-smoke.pt")
     for key in smoke0:
         assert torch.equal(smoke0[key], smoke1[key]) and torch.isfinite(smoke0[key]).all(), key
+
+
+def test_sync_batchnorm_conversion_is_undone_exactly():
+    from torch import nn
+
+    from finetuner_selfsup.distributed import convert_sync_batchnorm, revert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, momentum=0.3)))
+    model[1].running_mean.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    originals = convert_sync_batchnorm(model)
+    assert isinstance(model[1], nn.SyncBatchNorm) and isinstance(model[3][1], nn.SyncBatchNorm)
+    revert_sync_batchnorm(model, originals)
+    assert type(model[1]) is nn.BatchNorm2d and type(model[3][1]) is nn.BatchNorm1d
+    assert model[3][1].momentum == 0.3
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
+    from torch import nn
+
+    from finetuner_selfsup.fit import fit
+
+    with pytest.raises(ValueError, match="GPU"):
+        fit(nn.Linear(2, 2), [], sync_batchnorm=True)

@@ -97,6 +97,7 @@ class Tuner:
         generator: Optional[torch.Generator] = None,
         precision: str = "auto",
         channels_last: Optional[bool] = None,
+        sync_batchnorm: bool = False,
     ) -> None:
         from finetuner.tuner.callback import ProgressBarCallback
         from rich.progress import Progress
@@ -161,6 +162,13 @@ class Tuner:
         else:
             self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
         self._train_module: nn.Module = self._embed_model
+        if sync_batchnorm and self.device.type != "cuda":
+            raise ValueError(
+                "sync_batchnorm=True synchronises batch-norm statistics between GPU "
+                "processes (torch's SyncBatchNorm is GPU-only); on the CPU leave it False."
+            )
+        self.sync_batchnorm = sync_batchnorm
+        self._batchnorm_originals: List[Tuple[str, type]] = []
 
         from finetuner.tuner.state import TunerState
 
@@ -286,6 +294,9 @@ class Tuner:
             return
         from torch.nn.parallel import DistributedDataParallel
 
+        if self.sync_batchnorm:
+            self._batchnorm_originals = distributed.convert_sync_batchnorm(self._embed_model)
+            self._embed_model.to(self.device)
         if self.channels_last:
             self._embed_model.to(memory_format=torch.channels_last)
         self._layout_checked = True  # no fallback probe under DDP: the layout is fixed now
@@ -378,6 +389,9 @@ class Tuner:
                 if self.stop_training:
                     break
             self._trigger_callbacks("on_fit_end")
+            if self._batchnorm_originals:
+                distributed.revert_sync_batchnorm(self._embed_model, self._batchnorm_originals)
+                self._batchnorm_originals = []
             if self.distributed is not None:
                 # e.g. BestModelCheckpoint restored the best weights on rank 0 only
                 distributed.broadcast_module(self._embed_model)
