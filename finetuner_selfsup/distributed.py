@@ -159,6 +159,10 @@ class ShardedBatchSampler:
         plan, self._plan = self._plan, None
         yield from plan
 
+    def forget_plan(self) -> None:
+        self._plan = None
+        self.sampler.forget_plan()
+
 
 def all_gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """Rows of ``tensor`` from every rank, in rank order, and the offset of this rank's rows.

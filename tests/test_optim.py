@@ -100,3 +100,33 @@ def test_recipe_through_fit_scales_the_rate_and_follows_the_schedule():
     expected = [peak * warmup_cosine_factor(s, 4, 12) for s in range(12)]
     assert rates == pytest.approx(expected)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_counting_steps_for_a_recipe_leaves_the_batch_order_alone():
+    """A configure_optimizer with plan() makes the engine count the steps of an epoch;
+    the run must still see exactly the batches it would have seen."""
+    rng = np.random.default_rng(1)
+    docs = DocumentArray(Document(tensor=rng.random((3, 8, 8), dtype=np.float32)) for _ in range(12))
+    jitter = lambda d: torch.as_tensor(d.tensor) + 0.05 * torch.randn(3, 8, 8)  # noqa: E731
+
+    def adam(model):
+        return torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    class AdamWithPlan:
+        planned = None
+
+        def __call__(self, model):
+            return adam(model)
+
+        def plan(self, **kwargs):
+            self.planned = kwargs
+
+    results = []
+    for configure in (adam, AdamWithPlan()):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+        fit(model, docs, epochs=2, batch_size=8, loss=NTXentLoss(), preprocess_fn=jitter,
+            configure_optimizer=configure, seed=4)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert configure.planned == {"images_per_batch": 4, "steps_per_epoch": 3, "epochs": 2}
+    assert all(torch.equal(a, b) for a, b in zip(*results))

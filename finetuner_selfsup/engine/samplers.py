@@ -35,6 +35,10 @@ class _PlannedSampler:
             self._plan = self._plan_epoch()
         return len(self._plan)
 
+    def forget_plan(self) -> None:
+        """Drop a plan made by ``len()`` (the caller restores the generator's state)."""
+        self._plan = None
+
     def __iter__(self) -> Iterator[List[int]]:
         if self._plan is None:
             self._plan = self._plan_epoch()

@@ -362,7 +362,7 @@ class Tuner:
         from finetuner.tuner.state import TunerState
 
         self.state = TunerState(num_epochs=epochs)
-        self._plan_optimizer(kind, batch_size, len(train_loader.batch_sampler), epochs)
+        self._plan_optimizer(kind, batch_size, train_loader, epochs)
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
         self._wrap_for_data_parallel()
         try:
@@ -408,12 +408,22 @@ class Tuner:
         finally:
             self._report_skipped()
 
-    def _plan_optimizer(self, kind: DataKind, batch_size: int, steps_per_epoch: int, epochs: int) -> None:
+    def _plan_optimizer(self, kind: DataKind, batch_size: int, loader: DataLoader, epochs: int) -> None:
         """Tell a ``configure_optimizer`` with a ``plan`` method (e.g.
-        :class:`~finetuner_selfsup.optim.LargeBatchRecipe`) the batch and the run's length."""
+        :class:`~finetuner_selfsup.optim.LargeBatchRecipe`) the batch and the run's length.
+
+        Counting the steps plans an epoch; that plan is dropped and the batch-order
+        generator put back, so the epochs (and a resumed run's restored order) are
+        exactly what they would be without the count.
+        """
         plan = getattr(self._configure_optimizer, "plan", None)
         if plan is None:
             return
+        sampler = loader.batch_sampler
+        generator_state = self.batch_order_generator.get_state()
+        steps_per_epoch = len(sampler)
+        sampler.forget_plan()
+        self.batch_order_generator.set_state(generator_state)
         images_per_batch = batch_size // 2 if kind is DataKind.INSTANCE else batch_size
         plan(images_per_batch=images_per_batch, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
