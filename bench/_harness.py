@@ -189,3 +189,50 @@ def main(
     print("\n" + json.dumps(environment()))
     if args.json:
         args.json.write_text(json.dumps({"results": results, "environment": environment()}, indent=1))
+
+
+def lightly_recipe(paths: List[str], input_size: int, images_per_batch: int, epochs: int, model,
+                   temperature: float = 0.5) -> List[float]:
+    """lightly's SimCLR recipe: ``SimCLRTransform`` on a JPEG decoded per access, a torch
+    DataLoader in the main process, lightly's ``NTXentLoss``, Adam; epoch wall times."""
+    import torch
+    from lightly.loss import NTXentLoss
+    from lightly.transforms import SimCLRTransform
+    from PIL import Image
+
+    transform = SimCLRTransform(input_size=input_size)
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            return transform(Image.open(paths[i]).convert("RGB"))
+
+    loader = torch.utils.data.DataLoader(Files(), batch_size=images_per_batch, shuffle=True)
+    loss_fn = NTXentLoss(temperature=temperature)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x0, x1 in loader:
+            loss = loss_fn(model(x0), model(x1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def finetuner_041_preprocess(side: int):
+    """Finetuner 0.4.1's own ``vision_preprocessor(side, side)``, runnable: its uint8 output
+    for uri images made float in [0, 1] (the fix of FACTS.md). Needs the plugin off."""
+    import numpy as np
+    from finetuner.tuner.augmentation import vision_preprocessor
+
+    upstream = vision_preprocessor(side, side)
+
+    def preprocess(doc):
+        return upstream(doc).astype(np.float32) / 255.0
+
+    return preprocess

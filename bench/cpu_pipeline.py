@@ -67,14 +67,9 @@ def run_ours(args, per_view: bool = False):
 
 
 def run_finetuner(args):
-    import numpy as np
     import finetuner as ft
-    from finetuner.tuner.augmentation import vision_preprocessor
 
-    upstream = vision_preprocessor()
-
-    def preprocess(doc):  # upstream returns uint8 for uri images: the fix of FACTS.md
-        return upstream(doc).astype(np.float32) / 255.0
+    preprocess = H.finetuner_041_preprocess(224)
 
     clock = H.EpochClock()
     ft.fit(
@@ -85,35 +80,7 @@ def run_finetuner(args):
 
 
 def run_lightly(args):
-    import time
-
-    import torch
-    from lightly.loss import NTXentLoss
-    from lightly.transforms import SimCLRTransform
-    from PIL import Image
-
-    paths = H.make_jpegs(args.data, IMAGES)
-    transform = SimCLRTransform(input_size=224)
-
-    class Files(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(paths)
-
-        def __getitem__(self, i):
-            return transform(Image.open(paths[i]).convert("RGB"))
-
-    loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH // 2, shuffle=True, drop_last=False)
-    model, loss_fn = cheap_model(), NTXentLoss()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    times = []
-    for _ in range(EPOCHS):
-        start = time.perf_counter()
-        for x0, x1 in loader:
-            loss = loss_fn(model(x0), model(x1))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        times.append(time.perf_counter() - start)
+    times = H.lightly_recipe(H.make_jpegs(args.data, IMAGES), 224, BATCH // 2, EPOCHS, cheap_model())
     return H.throughput(2 * IMAGES, times)
 
 
