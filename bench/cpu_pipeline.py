@@ -15,7 +15,9 @@ Configurations:
   (albumentations 1.3 on OpenCV, the decoded image cached on the document), made
   runnable: its uint8 output is converted to float (FACTS.md);
 * ``lightly``: lightly's ``SimCLRTransform`` on a JPEG decoded per access, a torch
-  DataLoader, the same model and loss.
+  DataLoader, the same model and loss;
+* ``ours-2-workers``: ``ours`` with ``num_workers=2`` (views made in two worker
+  processes, each with its own decode cache) -- beyond the one-process setting.
 
 Run: ``python bench/cpu_pipeline.py`` (needs ``pip install ".[bench]"``).
 """
@@ -49,7 +51,7 @@ def documents(args):
     return DocumentArray(Document(uri=p) for p in paths)
 
 
-def run_ours(args, per_view: bool = False):
+def run_ours(args, per_view: bool = False, workers: int = 0):
     import finetuner as ft
     from finetuner.tuner.augmentation import vision_preprocessor
     from finetuner.tuner.pytorch.losses import NTXentLoss
@@ -62,6 +64,7 @@ def run_ours(args, per_view: bool = False):
     ft.fit(
         cheap_model(), documents(args), epochs=EPOCHS, batch_size=BATCH, loss=NTXentLoss(),
         preprocess_fn=preprocess_one if per_view else preprocess, callbacks=[clock.as_callback()],
+        num_workers=workers,
     )
     return H.throughput(2 * IMAGES, clock.times)
 
@@ -88,6 +91,8 @@ CONFIGS = {
     "finetuner-0.4.1": run_finetuner,
     "ours": run_ours,
     "ours-per-view": lambda args: run_ours(args, per_view=True),
+    # not the issue's one-process setting: the same call with num_workers=2
+    "ours-2-workers": lambda args: run_ours(args, workers=2),
     "lightly": run_lightly,
 }
 
