@@ -147,3 +147,18 @@ def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
 
     with pytest.raises(ValueError, match="GPU"):
         fit(nn.Linear(2, 2), [], sync_batchnorm=True)
+
+
+def test_a_share_left_without_two_readable_images_stops_with_the_file_names():
+    from torch import nn
+
+    from finetuner_selfsup.engine.collate import Batch
+    from finetuner_selfsup.engine.tuner import Tuner
+
+    tuner = Tuner(nn.Linear(2, 2))
+    tuner.distributed = DistributedContext(1, 2, 1)  # as on the second of two processes
+    batch = Batch(None, torch.empty(0), [3], [("broken.jpg", "not an image")])
+    with pytest.raises(RuntimeError, match="process 1's share .* broken.jpg"):
+        tuner._note_skipped(batch)
+    tuner.distributed = None
+    assert tuner._note_skipped(batch) is False  # one process: the step is skipped, as before

@@ -441,7 +441,17 @@ class Tuner:
     def _note_skipped(self, batch: Batch) -> bool:
         """Record the batch's unreadable documents; False if too little is left to train on."""
         self.skipped_documents.extend(batch.skipped)
-        return len(batch.indices) >= 2
+        enough = len(batch.indices) >= 2
+        if not enough and self.distributed is not None:
+            # Skipping the step on one process would leave the others waiting in DDP's
+            # gradient exchange; stop instead (torchrun then ends every process).
+            listed = "; ".join(f"{doc}: {reason}" for doc, reason in batch.skipped)
+            raise RuntimeError(
+                f"process {self.distributed.rank}'s share of batch {self.state.batch_index + 1} "
+                f"has fewer than 2 readable items after skipping unreadable images ({listed}). "
+                f"Remove those documents, or train on one process."
+            )
+        return enough
 
     def _report_skipped(self) -> None:
         if not self.skipped_documents:
