@@ -177,7 +177,7 @@ class BatchedSimCLRAugmentation:
     ) -> torch.Tensor:
         """Views ``(n, 3, h, w)`` float32; view ``k`` is cut from ``pixels[source_index[k]]``.
 
-        On the CPU the views are made a few at a time (:data:`CPU_CHUNK`), so the
+        On the CPU the views are made a few at a time (:func:`cpu_chunk_size`), so the
         intermediate images stay in cache and small allocations are reused; on a GPU the
         whole batch is one chunk.
         """

@@ -93,6 +93,17 @@ class BatchViews:
         return views
 
 
+class PendingViews(NamedTuple):
+    """A batch whose views are made on the training device (see :meth:`make`)."""
+
+    sources: SourceBatch
+    make_views: BatchViews
+
+    def make(self, device: torch.device) -> torch.Tensor:
+        """Copy the uint8 sources to ``device`` (non-blocking from pinned memory) and make the views there."""
+        return self.make_views(self.sources.to(device, non_blocking=True))
+
+
 class SourceCollate:
     """Items of :class:`SourceDataset` -> :class:`Batch` whose ``inputs`` are the finished
     views (``on_device=False``: made here, on the CPU) or :class:`PendingViews` (made later
@@ -116,14 +127,3 @@ class SourceCollate:
         labels = torch.tensor([label for _, label, _ in items] * self.views_per_image, dtype=torch.long)
         inputs: Any = PendingViews(sources, self.make_views) if self.on_device else self.make_views(sources)
         return Batch(inputs, labels, indices, skipped)
-
-
-class PendingViews(NamedTuple):
-    """A batch whose views are made on the training device (see :meth:`make`)."""
-
-    sources: SourceBatch
-    make_views: BatchViews
-
-    def make(self, device: torch.device) -> torch.Tensor:
-        """Copy the uint8 sources to ``device`` (non-blocking from pinned memory) and make the views there."""
-        return self.make_views(self.sources.to(device, non_blocking=True))
