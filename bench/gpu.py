@@ -10,7 +10,9 @@
    as first epoch + 49 steady ones (target <= 6 min on one H100);
 4. Finetuner 0.4.1's own ``fit`` with the same call (its uint8 output made float, as
    FACTS.md says) on ``--upstream-images`` images, in a subprocess with the plugin off:
-   our views/s as a multiple of its (target >= 10x).
+   our views/s as a multiple of its (target >= 10x);
+0. first, the data-parallel helpers over NCCL in a process group of one (issue 5's
+   one-GPU check).
 
 Peak GPU memory and peak RSS are printed for each. ``--device cpu --images 64 --side 64``
 is a smoke test of this script on a machine without a GPU.
@@ -196,6 +198,41 @@ def upstream(args, device, ours: float) -> None:
            images=args.upstream_images, ours_times_upstream=round(ours / result["views_per_s"], 2))
 
 
+def collectives_check(device) -> None:
+    """Issue 5's one-GPU check: our data-parallel helpers over NCCL (gloo on the CPU) in a
+    process group of one -- gather with gradients, DDP step, flag/loss/module broadcasts."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from finetuner_selfsup import distributed as fd
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        z = torch.randn(6, 4, device=device, requires_grad=True)
+        gathered, offset = fd.all_gather_with_grad(z)
+        gathered.sum().backward()
+        model = nn.Linear(4, 2).to(device)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        ddp(torch.randn(3, 4, device=device)).sum().backward()
+        fd.broadcast_module(model)
+        ok = (torch.equal(gathered, z) and offset == 0 and torch.equal(z.grad, torch.ones_like(z))
+              and fd.broadcast_flag(True, device) and abs(fd.all_reduce_mean(2.5, device) - 2.5) < 1e-12
+              and model.weight.grad is not None)
+        report("collectives_one_process", backend=backend, ok=bool(ok))
+    except Exception as exc:  # reported, not fatal: the other measurements stand
+        report("collectives_one_process", backend=backend, error=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -215,6 +252,7 @@ def main() -> None:
     device = torch.device(args.device)
     info = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     report("environment", **info)
+    collectives_check(device)
     bound = model_only(args, device)
     augmentation_alone(args, device, bound)
     ours = ours_end_to_end(args, device, bound)
