@@ -14,6 +14,7 @@ embeddings equals the single-process loss on the same global batch.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
@@ -62,6 +63,9 @@ def setup(device: torch.device) -> Tuple[Optional[DistributedContext], torch.dev
         # exception") after the script has finished.
         atexit.register(_close_process_group)
     context = current()
+    if context is not None and not context.is_main:
+        # one voice: the other processes report only warnings and errors
+        logging.getLogger("finetuner_selfsup").setLevel(logging.WARNING)
     if context is not None and device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", context.local_rank)

@@ -162,3 +162,16 @@ def test_a_share_left_without_two_readable_images_stops_with_the_file_names():
         tuner._note_skipped(batch)
     tuner.distributed = None
     assert tuner._note_skipped(batch) is False  # one process: the step is skipped, as before
+
+
+def test_uneven_shares_of_the_global_batch_are_announced(caplog):
+    import logging
+
+    from finetuner_selfsup.engine.data_kinds import DataKind
+    from finetuner_selfsup.engine.tuner import Tuner
+
+    tuner = Tuner(torch.nn.Linear(2, 2))
+    tuner.distributed = DistributedContext(0, 4, 0)
+    with caplog.at_level(logging.INFO, logger="finetuner_selfsup"):
+        tuner._shard(InstanceBatchSampler(40, 10, torch.Generator().manual_seed(0)), DataKind.INSTANCE, None)
+    assert "10 images a step shared by 4 processes" in caplog.text and "(2 or 3)" in caplog.text

@@ -162,6 +162,7 @@ class Tuner:
         else:
             self._callbacks = [ProgressBarCallback(), *(callbacks or [])]
         self._train_module: nn.Module = self._embed_model
+        self._told_batch = False  # data-parallel: the batch's meaning is logged once
         if sync_batchnorm and self.device.type != "cuda":
             raise ValueError(
                 "sync_batchnorm=True synchronises batch-norm statistics between GPU "
@@ -286,6 +287,24 @@ class Tuner:
                 "several processes yet; run it on one process."
             )
         per_rank = 2  # two images (NT-Xent) or two items (a positive pair) on every rank
+        world = self.distributed.world_size
+        if self.distributed.is_main and not self._told_batch:
+            self._told_batch = True
+            items = sampler.images_per_batch if kind is DataKind.INSTANCE else sampler.batch_size
+            what = "images" if kind is DataKind.INSTANCE else "items"
+            if items % world:
+                logger.warning(
+                    "batch_size is the global batch: %d %s a step shared by %d processes, so "
+                    "the shares differ by one (%d or %d); the loss is still the global batch's, "
+                    "but the larger shares set the pace. A batch of a multiple of %d %s "
+                    "splits evenly.", items, what, world, items // world, items // world + 1,
+                    world, what,
+                )
+            else:
+                logger.info(
+                    "data-parallel on %d processes: batch_size is the global batch, %d %s a "
+                    "step, %d per process.", world, items, what, items // world,
+                )
         return distributed.ShardedBatchSampler(sampler, self.distributed, labels, min_per_rank=per_rank)
 
     def _wrap_for_data_parallel(self) -> None:
