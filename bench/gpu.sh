@@ -16,5 +16,5 @@ from pathlib import Path
 Path(sysconfig.get_paths()["purelib"], "zz-fss-site.pth").write_text("import site; site.addsitedir('/tmp/fss-site')\n")
 PY
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } | tee "$OUT/gpu.txt"
 PYTHONUNBUFFERED=1 timeout 540 python3 bench/gpu.py --json "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/gpu.log"
