@@ -161,22 +161,20 @@ def ours_end_to_end(args, device, bound: float) -> float:
 
 
 UPSTREAM = r'''
-import json, sys, numpy as np, torchvision, torch
+import json, sys, torchvision, torch
 sys.path.insert(0, sys.argv[1])
 import _harness as H
 import finetuner as ft
 from docarray import Document, DocumentArray
 from finetuner.tailor.pytorch.projection_head import ProjectionHead
-from finetuner.tuner.augmentation import vision_preprocessor
 from finetuner.tuner.pytorch.losses import NTXentLoss
 args = json.loads(sys.argv[2])
 docs = DocumentArray(Document(uri=p) for p in H.make_jpegs(__import__("pathlib").Path(args["data"]), args["images"]))
-up = vision_preprocessor(args["side"], args["side"])
 clock = H.EpochClock()
 torch.manual_seed(0)
 ft.fit(model=torchvision.models.resnet50(weights=None), train_data=docs, epochs=2, batch_size=args["batch"],
        loss=NTXentLoss(temperature=0.1), device=args["device"],
-       preprocess_fn=lambda d: up(d).astype(np.float32) / 255.0, to_embedding_model=True,
+       preprocess_fn=H.finetuner_041_preprocess(args["side"]), to_embedding_model=True,
        input_size=(3, args["side"], args["side"]), layer_name="adaptiveavgpool2d_173", freeze=False,
        projection_head=ProjectionHead(in_features=2048, output_dim=1024, num_layers=2), callbacks=[clock.as_callback()])
 print("UPSTREAM " + json.dumps({"epoch_s": clock.times, "views_per_s": 2 * args["images"] / clock.times[-1]}))
