@@ -165,23 +165,19 @@ class LargeBatchRecipe:
         self._scheduler: Optional[torch.optim.lr_scheduler.LambdaLR] = None
 
     def __call__(self, model: nn.Module) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        groups = lars_param_groups(model)
-        for group in groups:
-            if group.get("lars_exclude"):
-                group["weight_decay"] = 0.0
+        adapted, excluded = lars_param_groups(model)
+        excluded["weight_decay"] = 0.0  # biases and norms: no decay with any optimiser
+        optimizer: torch.optim.Optimizer
         if self.optimizer_name == "lars":
-            optimizer: torch.optim.Optimizer = LARS(groups, lr=self.base_lr, momentum=self.momentum,
-                                                    weight_decay=self.weight_decay)
-        elif self.optimizer_name == "sgd":
-            for group in groups:
-                group.pop("lars_exclude", None)
-                group.setdefault("weight_decay", self.weight_decay)
-            optimizer = torch.optim.SGD(groups, lr=self.base_lr, momentum=self.momentum)
+            optimizer = LARS([adapted, excluded], lr=self.base_lr, momentum=self.momentum,
+                             weight_decay=self.weight_decay)
         else:
-            for group in groups:
-                group.pop("lars_exclude", None)
-                group.setdefault("weight_decay", self.weight_decay)
-            optimizer = torch.optim.AdamW(groups, lr=self.base_lr)
+            del excluded["lars_exclude"]  # a LARS-only key
+            adapted["weight_decay"] = self.weight_decay
+            if self.optimizer_name == "sgd":
+                optimizer = torch.optim.SGD([adapted, excluded], lr=self.base_lr, momentum=self.momentum)
+            else:
+                optimizer = torch.optim.AdamW([adapted, excluded], lr=self.base_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine_factor(step, self.warmup_steps, self.total_steps)
         )

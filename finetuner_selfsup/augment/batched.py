@@ -257,12 +257,8 @@ def _crop_boxes(heights, widths, scale, ratio, uniform):
     crop_h = crop_h.gather(1, pick).squeeze(1)
     # torchvision's fallback: the whole image, its aspect ratio clamped to the range
     in_ratio = w / h
-    fallback_w = torch.where(
-        in_ratio < ratio[0], w, torch.where(in_ratio > ratio[1], torch.round(h * ratio[1]), w)
-    )
-    fallback_h = torch.where(
-        in_ratio < ratio[0], torch.round(w / ratio[0]), torch.where(in_ratio > ratio[1], h, h)
-    )
+    fallback_w = torch.where(in_ratio > ratio[1], torch.round(h * ratio[1]), w)
+    fallback_h = torch.where(in_ratio < ratio[0], torch.round(w / ratio[0]), h)
     crop_w = torch.where(found, crop_w, fallback_w)
     crop_h = torch.where(found, crop_h, fallback_h)
     # random offset for a found box (randint(0, H - h + 1)), centred for the fallback

@@ -235,15 +235,19 @@ class Tuner:
             sampler = SessionBatchSampler(dataset.labels, batch_size, generator)
             names = [describe_document(dataset.document(i)) for i in range(len(dataset))]
         sampler = self._shard(sampler, kind, getattr(dataset, "labels", None))
-        loader = DataLoader(
+        return self._loader(dataset, sampler, Collate(kind, names, collate_fn), num_workers), kind
+
+    def _loader(self, dataset: Dataset, sampler: Any, collate: Callable, num_workers: int) -> DataLoader:
+        """The DataLoader for one fit: built once (workers persist across epochs), pinned
+        memory when training on CUDA."""
+        return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=Collate(kind, names, collate_fn),
+            collate_fn=collate,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=self.device.type == "cuda",
         )
-        return loader, kind
 
     def _batched_views_loader(
         self,
@@ -268,14 +272,7 @@ class Tuner:
             make_views = BatchViews(preprocessor, views_per_image=1)
         sampler = self._shard(sampler, kind, None if kind is DataKind.INSTANCE else labels)
         on_device = self.device.type != "cpu"
-        return DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=SourceCollate(make_views, on_device=on_device),
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-            pin_memory=self.device.type == "cuda",
-        )
+        return self._loader(dataset, sampler, SourceCollate(make_views, on_device=on_device), num_workers)
 
     def _shard(self, sampler: Any, kind: DataKind, labels: Optional[Sequence[Any]]) -> Any:
         """Data-parallel: this rank's share of each global batch (see :mod:`..distributed`)."""
