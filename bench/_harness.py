@@ -16,14 +16,17 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 
 #: TLL images are about 200 x 245 (width x height)
 TLL_SIZE = (200, 245)
+#: where the benchmarks keep their generated JPEGs (reused between runs)
+DEFAULT_DATA = Path(tempfile.gettempdir()) / "fss-bench-tll-size"
 
 
 def make_jpegs(folder: Path, count: int, size=TLL_SIZE, seed: int = 0) -> List[str]:
@@ -43,6 +46,13 @@ def make_jpegs(folder: Path, count: int, size=TLL_SIZE, seed: int = 0) -> List[s
             Image.fromarray(pixels).save(path, quality=90)
         paths.append(str(path))
     return paths
+
+
+def jpeg_documents(folder: Path, count: int):
+    """A DocumentArray of ``count`` generated TLL-size JPEGs (``uri`` documents)."""
+    from docarray import Document, DocumentArray
+
+    return DocumentArray(Document(uri=p) for p in make_jpegs(folder, count))
 
 
 def resnet18_with_head():
@@ -121,7 +131,6 @@ def main(
     description: str,
     configs: Dict[str, Callable[[argparse.Namespace], dict]],
     anchor: str,
-    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
     upstream: tuple = (),
 ) -> None:
     """Run every configuration in a fresh process (or one, with ``--config``) and report."""
@@ -130,10 +139,9 @@ def main(
     parser.add_argument("--only", nargs="+", choices=sorted(configs), help="configurations to run (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default 2)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the generated JPEGs")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all configurations, interleaved; the median of the rounds is reported")
-    if add_arguments:
-        add_arguments(parser)
     args, _ = parser.parse_known_args()
 
     if args.config:

@@ -23,9 +23,7 @@ Run: ``python bench/cpu_pipeline.py`` (needs ``pip install ".[bench]"``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,13 +42,6 @@ def cheap_model():
     return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 32))
 
 
-def documents(args):
-    from docarray import Document, DocumentArray
-
-    paths = H.make_jpegs(args.data, IMAGES)
-    return DocumentArray(Document(uri=p) for p in paths)
-
-
 def run_ours(args, per_view: bool = False, workers: int = 0):
     import finetuner as ft
     from finetuner.tuner.augmentation import vision_preprocessor
@@ -62,7 +53,7 @@ def run_ours(args, per_view: bool = False, workers: int = 0):
         def preprocess_one(doc, _p=preprocess):  # a plain function: the engine calls it per view
             return _p(doc)
     ft.fit(
-        cheap_model(), documents(args), epochs=EPOCHS, batch_size=BATCH, loss=NTXentLoss(),
+        cheap_model(), H.jpeg_documents(args.data, IMAGES), epochs=EPOCHS, batch_size=BATCH, loss=NTXentLoss(),
         preprocess_fn=preprocess_one if per_view else preprocess, callbacks=[clock.as_callback()],
         num_workers=workers,
     )
@@ -76,7 +67,7 @@ def run_finetuner(args):
 
     clock = H.EpochClock()
     ft.fit(
-        cheap_model(), documents(args), epochs=EPOCHS, batch_size=BATCH, loss="NTXentLoss",
+        cheap_model(), H.jpeg_documents(args.data, IMAGES), epochs=EPOCHS, batch_size=BATCH, loss="NTXentLoss",
         preprocess_fn=preprocess, callbacks=[clock.as_callback()],
     )
     return H.throughput(2 * IMAGES, clock.times)
@@ -97,12 +88,8 @@ CONFIGS = {
 }
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fss-bench-tll-size")
-
-
 if __name__ == "__main__":
     H.main(
         f"CPU input pipeline: SimCLR views/s at 224 px from {IMAGES} TLL-size JPEGs, one process",
-        CONFIGS, anchor="finetuner-0.4.1", add_arguments=arguments, upstream=("finetuner-0.4.1",),
+        CONFIGS, anchor="finetuner-0.4.1", upstream=("finetuner-0.4.1",),
     )

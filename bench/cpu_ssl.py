@@ -21,9 +21,7 @@ Run: ``python bench/cpu_ssl.py`` (needs ``pip install ".[bench]"``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,12 +32,6 @@ IMAGES = 256
 BATCH = 128  # views: 64 images x 2
 SIDE = 64
 EPOCHS = 4
-
-
-def documents(args):
-    from docarray import Document, DocumentArray
-
-    return DocumentArray(Document(uri=p) for p in H.make_jpegs(args.data, IMAGES))
 
 
 def run_model_only(args, channels_last: bool = False):
@@ -74,7 +66,7 @@ def run_ours(args, precision: str = "auto"):
 
     clock = H.EpochClock()
     ft.fit(
-        H.resnet18_with_head(), documents(args), epochs=EPOCHS, batch_size=BATCH,
+        H.resnet18_with_head(), H.jpeg_documents(args.data, IMAGES), epochs=EPOCHS, batch_size=BATCH,
         loss=NTXentLoss(temperature=0.5), preprocess_fn=vision_preprocessor(SIDE, SIDE),
         callbacks=[clock.as_callback()], precision=precision,
     )
@@ -89,7 +81,7 @@ def run_finetuner(args):
 
     clock = H.EpochClock()
     ft.fit(
-        H.resnet18_with_head(), documents(args), epochs=EPOCHS, batch_size=BATCH,
+        H.resnet18_with_head(), H.jpeg_documents(args.data, IMAGES), epochs=EPOCHS, batch_size=BATCH,
         loss=NTXentLoss(temperature=0.5), preprocess_fn=preprocess, callbacks=[clock.as_callback()],
     )
     return H.throughput(2 * IMAGES, clock.times)
@@ -110,12 +102,8 @@ CONFIGS = {
 }
 
 
-def arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fss-bench-tll-size")
-
-
 if __name__ == "__main__":
     H.main(
         f"CPU self-supervised training: ResNet-18, {SIDE} px, {BATCH // 2} images x 2 views a batch",
-        CONFIGS, anchor="model-only", add_arguments=arguments, upstream=("finetuner-0.4.1",),
+        CONFIGS, anchor="model-only", upstream=("finetuner-0.4.1",),
     )

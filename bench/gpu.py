@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -134,13 +133,12 @@ def augmentation_alone(args, device, bound: float) -> None:
 
 def ours_end_to_end(args, device, bound: float) -> float:
     import finetuner as ft
-    from docarray import Document, DocumentArray
     from finetuner.tailor.pytorch.projection_head import ProjectionHead
     from finetuner.tuner.augmentation import vision_preprocessor
     from finetuner.tuner.pytorch.losses import NTXentLoss
 
     reset_memory(device)
-    docs = DocumentArray(Document(uri=p) for p in H.make_jpegs(args.data, args.images))
+    docs = H.jpeg_documents(args.data, args.images)
     clock = H.EpochClock()
     layer = "adaptiveavgpool2d_173"
     ft.fit(
@@ -165,11 +163,10 @@ import json, sys, torchvision, torch
 sys.path.insert(0, sys.argv[1])
 import _harness as H
 import finetuner as ft
-from docarray import Document, DocumentArray
 from finetuner.tailor.pytorch.projection_head import ProjectionHead
 from finetuner.tuner.pytorch.losses import NTXentLoss
 args = json.loads(sys.argv[2])
-docs = DocumentArray(Document(uri=p) for p in H.make_jpegs(__import__("pathlib").Path(args["data"]), args["images"]))
+docs = H.jpeg_documents(__import__("pathlib").Path(args["data"]), args["images"])
 clock = H.EpochClock()
 torch.manual_seed(0)
 ft.fit(model=torchvision.models.resnet50(weights=None), train_data=docs, epochs=2, batch_size=args["batch"],
@@ -241,7 +238,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--upstream-images", type=int, default=1024)
     parser.add_argument("--upstream-timeout", type=int, default=200)
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "fss-bench-tll-size")
+    parser.add_argument("--data", type=Path, default=H.DEFAULT_DATA)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
