@@ -29,15 +29,15 @@ With smaller geometric changes (zoom 0.85-1.1, shift 6 %, no mirror) raw pixels 
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from . import pair_folders
 
 DEMO_DESCRIPTION = (
     "The demo data is synthetic, generated on the spot by finetuner-selfsup "
@@ -55,6 +55,7 @@ DEMO_DESCRIPTION = (
 )
 
 MANIFEST_NAME = "demo_pairs.json"
+GENERATOR = "finetuner_selfsup.data.demo_pairs"
 GENERATOR_VERSION = 1
 _SUPERSAMPLE = 2  # shapes are drawn at twice the size and reduced: cheap anti-aliasing
 _SHAPES = ("ellipse", "rectangle", "triangle", "line")
@@ -244,73 +245,15 @@ def _size(image_size: Size) -> Tuple[int, int]:
     return int(width), int(height)
 
 
-def _file_names(num_pairs: int) -> List[str]:
-    """``00000.jpg`` ... (at least 5 digits, as TLL's names)."""
-    digits = max(5, len(str(num_pairs - 1)))
-    return [f"{index:0{digits}d}.jpg" for index in range(num_pairs)]
-
-
 def _manifest(num_pairs: int, image_size: Size, seed: int) -> Dict[str, Any]:
     """The parameters that identify one generated set."""
     return {
-        "generator": "finetuner_selfsup.data.demo_pairs",
+        "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "num_pairs": num_pairs,
         "image_size": list(_size(image_size)),
         "seed": seed,
     }
-
-
-def _read_manifest(root: Path) -> Dict[str, Any]:
-    """The manifest in ``root``, or {} when missing or unreadable."""
-    try:
-        return json.loads((root / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _is_complete(root: Path, expected: Dict[str, Any], names: Sequence[str]) -> bool:
-    """True when ``root`` holds a finished set generated with exactly ``expected``."""
-    manifest = _read_manifest(root)
-    if not manifest.pop("complete", False) or manifest != expected:
-        return False
-    wanted = set(names)
-    return all(
-        (root / side).is_dir() and wanted <= set(os.listdir(root / side))
-        and sum(_is_demo_file(name) for name in os.listdir(root / side)) == len(wanted)
-        for side in ("left", "right")
-    )
-
-
-def _is_demo_file(name: str) -> bool:
-    """True for a file name this generator writes (digits + ``.jpg``)."""
-    return re.fullmatch(r"\d{5,}\.jpg", name) is not None
-
-
-def _prepare(root: Path) -> None:
-    """Make ``root/left`` and ``root/right`` ready for a fresh set.
-
-    Refuses to touch folders that hold files but no manifest of this generator (they may
-    be the real TLL); otherwise deletes the images of an earlier, different set.
-    """
-    ours = _read_manifest(root).get("generator") == "finetuner_selfsup.data.demo_pairs"
-    for side in ("left", "right"):
-        folder = root / side
-        folder.mkdir(parents=True, exist_ok=True)
-        existing = os.listdir(folder)
-        if existing and not ours:
-            raise FileExistsError(
-                f"{folder} already holds files and {root} has no {MANIFEST_NAME}: refusing to "
-                "write demo pairs over data this generator did not make; choose an empty folder."
-            )
-        for name in existing:
-            if _is_demo_file(name):
-                (folder / name).unlink()
-
-
-def _write_manifest(root: Path, manifest: Dict[str, Any], complete: bool) -> None:
-    """Write the manifest; ``complete`` is set only after every image is written."""
-    (root / MANIFEST_NAME).write_text(json.dumps({**manifest, "complete": complete}, indent=2) + "\n")
 
 
 def make_demo_pairs(root: Union[str, "os.PathLike[str]"], num_pairs: int = 600, image_size: Size = (64, 64),
@@ -326,15 +269,15 @@ def make_demo_pairs(root: Union[str, "os.PathLike[str]"], num_pairs: int = 600, 
         raise ValueError(f"num_pairs must be positive, got {num_pairs}")
     root = Path(root)
     manifest = _manifest(num_pairs, image_size, seed)
-    names = _file_names(num_pairs)
-    if _is_complete(root, manifest, names):
+    names = pair_folders.file_names(num_pairs)
+    if pair_folders.is_complete(root, MANIFEST_NAME, manifest, names):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    _prepare(root)
-    _write_manifest(root, manifest, complete=False)
+    pair_folders.prepare(root, MANIFEST_NAME, GENERATOR)
+    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=False)
     for index, name in enumerate(names):
         left, right = render_pair(index, image_size, seed)
         left.save(root / "left" / name, quality=92)
         right.save(root / "right" / name, quality=92)
-    _write_manifest(root, manifest, complete=True)
+    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=True)
     return root
