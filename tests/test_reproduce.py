@@ -11,7 +11,7 @@ from PIL import Image
 from finetuner_selfsup.cli import main
 from finetuner_selfsup.data.demo_pairs import make_demo_pairs
 from finetuner_selfsup.engine.checkpoint import checkpoint_files, load_checkpoint
-from finetuner_selfsup.reproduce.columns import COLUMNS, LABELS_ONLY, SELF_SUPERVISED
+from finetuner_selfsup.reproduce.columns import COLUMNS, LABELS_ONLY, SELF_SUPERVISED, SELF_SUPERVISED_ONLY
 from finetuner_selfsup.reproduce.runner import TableRun
 from finetuner_selfsup.reproduce.settings import DEMO, TUTORIAL
 
@@ -52,7 +52,7 @@ def test_all_columns_then_resume_without_recomputing(pairs, tmp_path):
     assert "| hit@1  |" in markdown and SELF_SUPERVISED in markdown
     for curve in (tmp_path / "curves").glob("*.png"):
         Image.open(curve).verify()
-    assert len(list((tmp_path / "curves").glob("*.png"))) == 4
+    assert len(list((tmp_path / "curves").glob("*.png"))) == 4  # the five columns have four fits
 
     # a second run finds every column done: nothing is trained again
     again = TableRun(TINY, pairs, tmp_path)
@@ -76,7 +76,8 @@ def test_other_settings_in_the_same_folder_are_refused(pairs, tmp_path):
 def test_self_supervised_stage_resumes_from_its_last_epoch(pairs, tmp_path):
     run = TableRun(TINY, pairs, tmp_path)
     first = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
-    saved = checkpoint_files(tmp_path / "checkpoints" / "self-supervised-pretraining")
+    (folder,) = (tmp_path / "checkpoints").glob("self-supervised-pretraining-*")
+    saved = checkpoint_files(folder)
     assert [p.name for p in saved] == [f"saved_model_epoch_{TINY.ssl_epochs:02d}"]
     assert load_checkpoint(saved[-1])["epoch"] == TINY.ssl_epochs
     # all epochs done: a new runner gets the checkpoint's weights without training a batch
@@ -115,6 +116,11 @@ def test_verdict_compares_self_supervision_with_labels_only():
         "'10% labels only' = hit@1 +0.100, hit@5 -0.100."
     )
     assert _verdict({LABELS_ONLY: metrics[LABELS_ONLY]}, (1, 5)) == ""
+    metrics[SELF_SUPERVISED_ONLY] = {"hit@1": 0.4, "hit@5": 0.6}
+    assert _verdict(metrics, (1, 5)).endswith(
+        "The fine-tune on the labelled 10 % did not help the self-supervised model: "
+        "self-supervision minus 'self-supervised only' = hit@1 -0.100, hit@5 -0.100."
+    )
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):

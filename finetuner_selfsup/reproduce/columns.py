@@ -8,13 +8,20 @@ column                 what it trains (all start from the same backbone weights)
 ``self-supervision``   SimCLR on the first 70 % without labels, then the triplet
                        fine-tune on the next 10 % (the seed tutorial's two fits)
 ``10% labels only``    the same 10 % fine-tune, without the self-supervised stage
+``self-supervised``    the self-supervised backbone alone, before the fine-tune
+``only``
 =====================  ===========================================================
+
+How the fine-tune runs is a :class:`~.recipes.Recipe`; the default is the tutorial's.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,12 +29,16 @@ from torch import nn
 from ..augment.preprocessor import VisionPreprocessor, vision_preprocessor
 from ..engine.callback_base import Callback
 from ..engine.checkpoint import TrainingCheckpoint
+from ..evaluation import evaluate_pairs
 from ..fit import fit
-from ..heads import ProjectionHead
+from ..data.tll import LABEL_TAG
+from ..heads import ProjectionHead, is_model_with_head
 from ..losses import NTXentLoss, TripletLoss
 from ..miners import TripletEasyHardMiner
+from ..optim import LargeBatchRecipe
 from ..tailoring import to_embedding_model
 from .backbones import build_backbone, embedding_width
+from .recipes import Recipe, get_recipe
 from .settings import RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
@@ -36,7 +47,8 @@ PRETRAINED = "pre-trained"
 SUPERVISED = "fine-tuned"
 SELF_SUPERVISED = "self-supervision"
 LABELS_ONLY = "10% labels only"
-COLUMNS = (PRETRAINED, SUPERVISED, SELF_SUPERVISED, LABELS_ONLY)
+SELF_SUPERVISED_ONLY = "self-supervised only"
+COLUMNS = (PRETRAINED, SUPERVISED, SELF_SUPERVISED, LABELS_ONLY, SELF_SUPERVISED_ONLY)
 
 
 class PlainImage:
@@ -74,15 +86,22 @@ class LossRecorder(Callback):
 class ColumnRunner:
     """Trains the models of the columns from one :class:`RunSettings` and the data splits.
 
-    :param checkpoint_dir: where stage checkpoints go (resume after an interruption).
+    :param checkpoint_dir: where stage checkpoints go (resume after an interruption). The
+        self-supervised stage's folder is named after a digest of its settings, so runs
+        with other fine-tune settings can share it.
     :param recorders: filled with one :class:`LossRecorder` per fit, keyed
         ``"<column>/<stage>"``, for the loss curves.
+    :param chosen_epochs: with an early-stopping recipe, the fine-tuning epoch kept per
+        column (0 = the starting model).
     """
 
     def __init__(self, settings: RunSettings, checkpoint_dir: Path) -> None:
         self.settings = settings
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.recipe: Recipe = get_recipe(settings.recipe)
         self.recorders: Dict[str, LossRecorder] = {}
+        self.chosen_epochs: Dict[str, int] = {}
+        self._self_supervised_model: Optional[nn.Module] = None
         size = settings.image_size
         self.input_size = (3, size, size)
         self.plain_images = PlainImage(size if settings.eval_resize else None)
@@ -116,40 +135,109 @@ class ColumnRunner:
         return self._finetune(self.backbone(), finetune_labelled, LABELS_ONLY)
 
     def self_supervised(self, pretrain_unlabelled, finetune_labelled) -> nn.Module:
-        tuned = self.self_supervised_pretraining(pretrain_unlabelled)
+        tuned = copy.deepcopy(self.self_supervised_pretraining(pretrain_unlabelled))
         return self._finetune(tuned, finetune_labelled, SELF_SUPERVISED)
+
+    def self_supervised_only(self, pretrain_unlabelled) -> nn.Module:
+        """The self-supervised model where the fine-tune would start: the backbone (the
+        tutorial's "use ``tuned_model`` as the embedding model"), plus the head blocks the
+        recipe keeps."""
+        tuned = copy.deepcopy(self.self_supervised_pretraining(pretrain_unlabelled))
+        return self._starting_model(tuned)
 
     # -- stages ----------------------------------------------------------------------
     def self_supervised_pretraining(self, pretrain_unlabelled) -> nn.Module:
-        """The seed's first fit, resumable epoch by epoch."""
+        """The seed's first fit, resumable epoch by epoch; trained once per runner (the
+        columns that start from it get copies)."""
+        if self._self_supervised_model is None:
+            self._self_supervised_model = self._pretrain(pretrain_unlabelled)
+        return self._self_supervised_model
+
+    def _with_head(self) -> nn.Module:
+        """A fresh backbone cut at ``layer_name`` with a fresh projection head: the seed's
+        first fit's model."""
         s = self.settings
         head = ProjectionHead(
             in_features=embedding_width(s.model), output_dim=s.head_output_dim,
             num_layers=s.head_layers,
         )
-        model = to_embedding_model(
+        return to_embedding_model(
             self.backbone(), layer_name=s.layer_name, input_size=self.input_size,
             projection_head=head, device=s.device,
         )
+
+    def skeleton(self, column: str) -> nn.Module:
+        """An untrained model of the architecture ``column`` ends with (to load saved weights)."""
+        if column in (SELF_SUPERVISED, SELF_SUPERVISED_ONLY):
+            return self._starting_model(self._with_head())
+        return self.cut(self.backbone())
+
+    def _pretrain(self, pretrain_unlabelled) -> nn.Module:
+        s = self.settings
+        model = self._with_head()
         # The engine's own checkpoints: a killed run continues after its last finished
         # epoch, with the random states and batch order of an uninterrupted run.
-        save_dir = str(self.checkpoint_dir / "self-supervised-pretraining")
+        digest = hashlib.sha256(
+            json.dumps(s.self_supervised_fingerprint(), sort_keys=True).encode()
+        ).hexdigest()[:12]
+        save_dir = str(self.checkpoint_dir / f"self-supervised-pretraining-{digest}")
         recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/pre-training", LossRecorder())
         fit(
             model, pretrain_unlabelled, epochs=s.ssl_epochs, batch_size=s.ssl_batch_size,
-            loss=NTXentLoss(temperature=s.temperature), learning_rate=s.ssl_learning_rate,
-            device=s.device, preprocess_fn=vision_preprocessor(s.image_size, s.image_size),
+            loss=NTXentLoss(temperature=s.temperature), **self_supervised_optimizer(s),
+            device=s.device, preprocess_fn=self_supervised_views(s),
             num_workers=s.num_workers, callbacks=[recorder, TrainingCheckpoint(save_dir)],
             seed=s.seed, resume_from=save_dir,
         )
         return model
 
+    def _starting_model(self, model: nn.Module) -> nn.Module:
+        """What the fine-tune trains: the tutorial passes the self-supervised model back
+        to ``fit`` (the tailor drops the head); with ``head_blocks_kept`` the backbone and
+        that many Linear-BatchNorm-ReLU blocks of the head are one embedding model."""
+        kept = self.recipe.head_blocks_kept
+        if not is_model_with_head(model):
+            return self.cut(model)
+        if kept == 0:
+            return model.embed_model
+        head = model.projection_head
+        blocks = getattr(head, "num_layers", 1) - 1
+        if kept > blocks:
+            raise ValueError(
+                f"recipe {self.recipe.name!r} keeps {kept} head block(s), but the projection "
+                f"head has {blocks} (num_layers={blocks + 1}); use head_layers >= {kept + 1}."
+            )
+        return nn.Sequential(model.embed_model, *list(head.head_layers)[: 3 * kept])
+
     def _finetune(self, model: nn.Module, finetune_labelled, column: str) -> nn.Module:
-        s = self.settings
-        return self._triplet_fit(
-            model, finetune_labelled, f"{column}/fine-tuning", s.finetune_epochs,
-            s.finetune_batch_size, s.finetune_learning_rate,
+        s, recipe = self.settings, self.recipe
+        key = f"{column}/fine-tuning"
+        train, validation = split_validation(finetune_labelled, recipe.validation_share)
+        start = self._starting_model(model) if recipe.head_blocks_kept else model
+        _freeze_modules(start, recipe.frozen_modules)
+        callbacks: List[Callback] = [self.recorders.setdefault(key, LossRecorder())]
+        keeper = None
+        if validation is not None:
+            keeper = BestEpochKeeper(validation, self.plain_images, s)
+            callbacks.append(keeper)
+        if recipe.finetune_loss == "contrastive":
+            loss = NTXentLoss(temperature=s.temperature)
+        else:
+            loss = TripletLoss(miner=TripletEasyHardMiner(neg_strategy="hard"), margin=s.margin)
+        # The tutorial's second call; a model we assembled (head blocks kept) is already an
+        # embedding model, so it is trained as it is.
+        tailor = recipe.head_blocks_kept == 0
+        tuned = fit(
+            start, train, epochs=s.finetune_epochs, batch_size=s.finetune_batch_size, loss=loss,
+            learning_rate=s.finetune_learning_rate, device=s.device,
+            preprocess_fn=self.plain_images, num_items_per_class=s.num_items_per_class,
+            num_workers=s.num_workers, callbacks=callbacks, to_embedding_model=tailor,
+            input_size=self.input_size if tailor else None,
+            layer_name=s.layer_name if tailor else None, seed=s.seed,
         )
+        if keeper is not None:
+            self.chosen_epochs[column] = keeper.restore_best(tuned)
+        return tuned
 
     def _triplet_fit(self, model, labelled, key: str, epochs: int, batch_size: int, lr: float):
         s = self.settings
@@ -162,3 +250,130 @@ class ColumnRunner:
             callbacks=[recorder], to_embedding_model=True, input_size=self.input_size,
             layer_name=s.layer_name, seed=s.seed,
         )
+
+
+def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
+    """The optimiser arguments of the self-supervised fit for ``settings.ssl_optimizer``."""
+    name, lr = settings.ssl_optimizer, settings.ssl_learning_rate
+    warmup = max(1, settings.ssl_epochs // 10)
+    if name == "default":
+        return {}  # the tutorial names no optimiser: ft.fit's own default
+    if name == "adam":
+        return {"learning_rate": lr, "configure_optimizer": lambda model: torch.optim.Adam(model.parameters(), lr=lr)}
+    if name == "adamw-cosine":
+        recipe = LargeBatchRecipe(base_lr=lr, scaling="none", warmup_epochs=warmup, optimizer="adamw",
+                                  weight_decay=1e-4)
+        return {"configure_optimizer": recipe}
+    if name == "lars":
+        return {"configure_optimizer": LargeBatchRecipe(base_lr=0.3, scaling="linear", warmup_epochs=warmup)}
+    raise ValueError(f"ssl_optimizer must be 'default', 'adam', 'adamw-cosine' or 'lars', got {name!r}")
+
+
+def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
+    """The self-supervised fit's ``preprocess_fn`` for ``settings.ssl_augmentation``."""
+    size, name = settings.image_size, settings.ssl_augmentation
+    if name == "default":
+        return vision_preprocessor(size, size)
+    if name == "mild-crop":
+        return vision_preprocessor(size, size, crop_scale=(0.25, 1.0))
+    raise ValueError(f"ssl_augmentation must be 'default' or 'mild-crop', got {name!r}")
+
+
+def _freeze_modules(model: nn.Module, names: Sequence[str]) -> None:
+    """Stop training the parameters of ``model``'s top-level modules ``names`` (searched in
+    the backbone of a model we assembled, ``model[0]``)."""
+    if not names:
+        return
+    if is_model_with_head(model):
+        backbone = model.embed_model
+    elif isinstance(model, nn.Sequential) and not hasattr(model, names[0]):
+        backbone = model[0]  # (backbone, head blocks...) assembled by _starting_model
+    else:
+        backbone = model
+    missing = [name for name in names if not isinstance(getattr(backbone, name, None), nn.Module)]
+    if missing:
+        raise ValueError(
+            f"cannot freeze {', '.join(missing)}: the backbone has no such top-level module "
+            f"(it has {', '.join(n for n, _ in backbone.named_children())})."
+        )
+    for name in names:
+        for param in getattr(backbone, name).parameters():
+            param.requires_grad = False
+
+
+def split_validation(labelled, share: float) -> Tuple[Any, Optional[Tuple[Any, Any]]]:
+    """Hold out the last ``share`` of the labelled pairs (by label, in sorted order).
+
+    :return: ``(train, (validation_left, validation_right))``, or ``(labelled, None)`` for
+        ``share == 0``. The two images of a pair are the documents sharing a label, the
+        first one seen being the query side.
+    """
+    from docarray import DocumentArray
+
+    if share <= 0:
+        return labelled, None
+    labels = sorted({doc.tags[LABEL_TAG] for doc in labelled})
+    held = max(2, round(share * len(labels)))
+    if len(labels) - held < 2:
+        raise ValueError(
+            f"holding out {held} of {len(labels)} labelled pairs for early stopping leaves "
+            f"fewer than 2 to train on; label more pairs or use a recipe without early stopping."
+        )
+    held_labels = set(labels[-held:])
+    train = DocumentArray([doc for doc in labelled if doc.tags[LABEL_TAG] not in held_labels])
+    first: Dict[Any, Any] = {}
+    second: Dict[Any, Any] = {}
+    for doc in labelled:
+        label = doc.tags[LABEL_TAG]
+        if label in held_labels:
+            (second if label in first else first)[label] = doc
+    incomplete = sorted(str(label) for label in held_labels if label not in second)
+    if incomplete:
+        raise ValueError(f"labelled pairs without a second image: {', '.join(incomplete[:10])}")
+    order = sorted(held_labels)
+    return train, (DocumentArray([first[l] for l in order]), DocumentArray([second[l] for l in order]))
+
+
+class BestEpochKeeper(Callback):
+    """Early stopping by selection: after every epoch, pair retrieval on held-out labelled
+    pairs (mean reciprocal rank, both directions); the best state -- the starting model
+    counts as epoch 0 -- is put back by :meth:`restore_best`."""
+
+    def __init__(self, validation: Tuple[Any, Any], preprocess_fn, settings: RunSettings) -> None:
+        self.left, self.right = validation
+        self.preprocess_fn = preprocess_fn
+        self.settings = settings
+        self.best_score = float("-inf")
+        self.best_epoch = 0
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.scores: List[float] = []
+
+    def score(self, model: nn.Module) -> float:
+        s = self.settings
+        result = evaluate_pairs(
+            model, self.left, self.right, preprocess_fn=self.preprocess_fn, ks=(1,),
+            batch_size=s.eval_batch_size, device=s.device, both_directions=True, progress=False,
+        )
+        return float(result.mean_metrics["mrr"])
+
+    def _consider(self, model: nn.Module, epoch: int) -> None:
+        score = self.score(model)
+        self.scores.append(score)
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def on_fit_begin(self, tuner: Any) -> None:
+        if self.best_state is None:
+            self._consider(tuner.embed_model, 0)
+
+    def on_train_epoch_end(self, tuner: Any) -> None:
+        self._consider(tuner.embed_model, tuner.state.epoch + 1)
+
+    def restore_best(self, model: nn.Module) -> int:
+        """Load the best state into ``model``; returns its epoch (0: the starting model)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        logger.info("early stopping: kept epoch %d (validation MRR %s)", self.best_epoch,
+                    ", ".join(f"{v:.3f}" for v in self.scores))
+        return self.best_epoch

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from .columns import (
     LABELS_ONLY,
     PRETRAINED,
     SELF_SUPERVISED,
+    SELF_SUPERVISED_ONLY,
     SUPERVISED,
     ColumnRunner,
 )
@@ -117,7 +118,10 @@ class TableRun:
         out_dir: Path,
         title: str = "Totally-Looks-Like retrieval",
         command: str = "finetuner-selfsup reproduce",
+        checkpoint_dir: Optional[Path] = None,
     ) -> None:
+        """:param checkpoint_dir: where checkpoints go (default ``out_dir/checkpoints``); runs
+            that differ only after the self-supervised stage may share one."""
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.title = title
@@ -127,7 +131,7 @@ class TableRun:
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
         )
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
-        self.runner = ColumnRunner(settings, self.out_dir / "checkpoints")
+        self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
         self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
             settings=settings.to_dict(),
             data={
@@ -156,6 +160,8 @@ class TableRun:
             return r.self_supervised(ssl.pretrain, ssl.finetune)
         if column == LABELS_ONLY:
             return r.labels_only(ssl.finetune)
+        if column == SELF_SUPERVISED_ONLY:
+            return r.self_supervised_only(ssl.pretrain)
         raise ValueError(f"unknown column {column!r}; choose from {', '.join(COLUMNS)}")
 
     def model_path(self, column: str) -> Path:
@@ -180,6 +186,8 @@ class TableRun:
                 "wall_seconds": time.perf_counter() - started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            if column in self.runner.chosen_epochs:
+                self.results.columns[column]["chosen_epoch"] = self.runner.chosen_epochs[column]
             self._save_curves()
             self.save()
         return self.results
@@ -241,6 +249,6 @@ class TableRun:
         path = self.model_path(column)
         if column == PRETRAINED or column not in self.results.columns or not path.exists():
             return self._train(column)
-        model = self.runner.cut(self.runner.backbone())
+        model = self.runner.skeleton(column)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model

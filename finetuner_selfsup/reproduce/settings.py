@@ -7,7 +7,7 @@ same pipeline down to a small CPU run on the built-in pair set.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 
@@ -30,6 +30,16 @@ class RunSettings:
     ssl_epochs: int = 50
     ssl_batch_size: int = 512
     ssl_learning_rate: float = 1e-3
+    #: the self-supervised fit's optimiser: 'default' (what ``ft.fit`` does when the call
+    #: names none, as in the tutorial), 'adam' (constant Adam at ssl_learning_rate,
+    #: Finetuner 0.4.1's default), 'adamw-cosine' (AdamW at ssl_learning_rate, weight decay
+    #: 1e-4, warm-up then cosine) or 'lars' (SimCLR's LARS, 0.3 x images/256, warm-up then
+    #: cosine); the warm-up is a tenth of the epochs
+    ssl_optimizer: str = "default"
+    #: the self-supervised views: 'default' (``vision_preprocessor(size, size)`` as the
+    #: tutorial calls it: SimCLR's augmentation) or 'mild-crop' (random resized crops of
+    #: 25-100 % of the image instead of 8-100 %)
+    ssl_augmentation: str = "default"
     temperature: float = 0.1
     head_output_dim: int = 1024
     head_layers: int = 2
@@ -40,6 +50,10 @@ class RunSettings:
     finetune_learning_rate: float = 1e-5
     margin: float = 0.3
     num_items_per_class: int = 2
+
+    #: how the fine-tune on the labelled 10 % runs (finetuner_selfsup.reproduce.recipes):
+    #: 'tutorial' (the seed's call as written), another recipe, or recipes joined by '+'
+    recipe: str = "tutorial"
 
     # full supervision on 80 % (the recipe behind the published 'fine-tuned' column)
     supervised_epochs: int = 6
@@ -68,6 +82,14 @@ class RunSettings:
         for name in ("device", "num_workers", "eval_batch_size"):
             data.pop(name)
         return data
+
+    def self_supervised_fingerprint(self) -> Dict[str, Any]:
+        """The settings that decide the self-supervised stage's weights (so runs that differ
+        only in the fine-tune or the supervised column can share its checkpoints)."""
+        names = ("model", "weights", "layer_name", "image_size", "ssl_epochs", "ssl_batch_size",
+                 "ssl_learning_rate", "ssl_optimizer", "ssl_augmentation", "temperature", "head_output_dim", "head_layers",
+                 "pretrain_ratio", "seed")
+        return {name: getattr(self, name) for name in names}
 
     def replace(self, **changes: Any) -> "RunSettings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

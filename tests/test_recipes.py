@@ -1,0 +1,135 @@
+"""Fine-tuning recipes (reproduce --recipe): what each changes, checked on tiny runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from docarray import Document, DocumentArray
+from torch import nn
+
+from finetuner_selfsup.data.demo_pairs import make_demo_pairs
+from finetuner_selfsup.data.tll import LABEL_TAG
+from finetuner_selfsup.reproduce.columns import (
+    LABELS_ONLY,
+    SELF_SUPERVISED,
+    SELF_SUPERVISED_ONLY,
+    BestEpochKeeper,
+    ColumnRunner,
+    split_validation,
+)
+from finetuner_selfsup.reproduce.recipes import Recipe, get_recipe, recipe_names
+from finetuner_selfsup.reproduce.runner import TableRun
+from finetuner_selfsup.reproduce.settings import DEMO
+
+TINY = DEMO.replace(
+    image_size=32, ssl_epochs=1, ssl_batch_size=16, head_output_dim=16, finetune_epochs=2,
+    finetune_batch_size=4, supervised_epochs=1, supervised_batch_size=8, eval_batch_size=16,
+)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_demo_pairs(tmp_path_factory.mktemp("pairs"), num_pairs=60, image_size=(32, 32), seed=0)
+
+
+def test_recipe_names_and_combinations():
+    assert recipe_names() == ("tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping")
+    assert get_recipe("tutorial") == Recipe("tutorial")
+    combined = get_recipe("contrastive+early-stopping")
+    assert combined.finetune_loss == "contrastive" and combined.validation_share == 0.2
+    assert combined.head_blocks_kept == 0 and combined.frozen_modules == ()
+    with pytest.raises(ValueError, match="unknown recipe 'bogus'"):
+        get_recipe("contrastive+bogus")
+    with pytest.raises(ValueError, match="finetune_loss"):
+        Recipe("x", finetune_loss="hinge")
+
+
+def _labelled(num_pairs: int) -> DocumentArray:
+    left = [Document(uri=f"left/{i:05d}.jpg", tags={LABEL_TAG: f"{i:05d}.jpg"}) for i in range(num_pairs)]
+    right = [Document(uri=f"right/{i:05d}.jpg", tags={LABEL_TAG: f"{i:05d}.jpg"}) for i in range(num_pairs)]
+    return DocumentArray(left + right)
+
+
+def test_split_validation_holds_out_whole_pairs_by_label():
+    train, (val_left, val_right) = split_validation(_labelled(10), 0.2)
+    assert len(train) == 16 and len(val_left) == len(val_right) == 2
+    assert [d.uri for d in val_left] == ["left/00008.jpg", "left/00009.jpg"]
+    assert [d.uri for d in val_right] == ["right/00008.jpg", "right/00009.jpg"]
+    assert not {d.tags[LABEL_TAG] for d in train} & {d.tags[LABEL_TAG] for d in val_left}
+    everything = _labelled(10)
+    assert split_validation(everything, 0.0) == (everything, None)
+    with pytest.raises(ValueError, match="fewer than 2 to train on"):
+        split_validation(_labelled(3), 0.5)
+
+
+class _FakeTuner:
+    def __init__(self, model):
+        self.embed_model = model
+        self.state = type("State", (), {"epoch": 0})()
+
+
+def test_best_epoch_keeper_restores_the_best_state_including_the_start():
+    model = nn.Linear(2, 2)
+    keeper = BestEpochKeeper((None, None), None, TINY)
+    scores = iter([0.3, 0.5, 0.4])
+    keeper.score = lambda m: next(scores)
+    tuner = _FakeTuner(model)
+    keeper.on_fit_begin(tuner)  # epoch 0: the starting model
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    keeper.on_train_epoch_end(tuner)  # epoch 1: best
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    tuner.state.epoch = 1
+    keeper.on_train_epoch_end(tuner)  # epoch 2: worse
+    assert keeper.restore_best(model) == 1
+    assert torch.equal(model.weight, torch.ones(2, 2))
+
+    start = nn.Linear(2, 2)
+    original = start.weight.detach().clone()
+    keeper = BestEpochKeeper((None, None), None, TINY)
+    scores = iter([0.9, 0.1])
+    keeper.score = lambda m: next(scores)
+    keeper.on_fit_begin(_FakeTuner(start))
+    with torch.no_grad():
+        start.weight.add_(1.0)
+    keeper.on_train_epoch_end(_FakeTuner(start))
+    assert keeper.restore_best(start) == 0 and torch.equal(start.weight, original)
+
+
+def test_head_layer_recipe_fine_tunes_from_the_first_head_block(pairs, tmp_path):
+    run = TableRun(TINY.replace(recipe="head-layer"), pairs, tmp_path)
+    ssl = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
+    only = run.runner.self_supervised_only(run.ssl_split.pretrain)
+    assert isinstance(only, nn.Sequential) and len(only) == 4  # backbone, Linear, BN, ReLU
+    assert torch.equal(only[1].weight, ssl.projection_head.head_layers[0].weight)
+    assert only(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+    run.run([SELF_SUPERVISED, SELF_SUPERVISED_ONLY])
+    # the saved models load back into the right architecture
+    path = run.save_examples(tmp_path / "examples.png", column=SELF_SUPERVISED, num_queries=2)
+    assert path.exists()
+    with pytest.raises(ValueError, match="head has 0"):
+        ColumnRunner(TINY.replace(recipe="head-layer", head_layers=1), tmp_path / "x")._starting_model(
+            ColumnRunner(TINY.replace(head_layers=1), tmp_path / "y")._with_head()
+        )
+
+
+def test_frozen_stem_recipe_leaves_the_early_layers_untouched(pairs, tmp_path):
+    runner = ColumnRunner(TINY.replace(recipe="frozen-stem", finetune_learning_rate=1e-2), tmp_path)
+    run = TableRun(TINY, pairs, tmp_path / "split")
+    start = runner.cut(runner.backbone())
+    tuned = runner.labels_only(run.ssl_split.finetune)
+    before, after = start.state_dict(), tuned.state_dict()
+    for name in ("conv1.weight", "layer1.0.conv1.weight", "layer2.1.conv2.weight"):
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["layer4.1.conv2.weight"], after["layer4.1.conv2.weight"])
+
+
+def test_contrastive_and_early_stopping_recipes_run_and_record_the_kept_epoch(pairs, tmp_path):
+    run = TableRun(TINY.replace(recipe="contrastive+early-stopping"), pairs, tmp_path)
+    results = run.run([LABELS_ONLY])
+    kept = results.columns[LABELS_ONLY]["chosen_epoch"]
+    assert 0 <= kept <= TINY.finetune_epochs
+    losses = run.runner.recorders[f"{LABELS_ONLY}/fine-tuning"].losses
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    # NT-Xent over 4 pairs (8 images) starts near log(7), far above a triplet loss's margin
+    assert losses[0] > 1.0
