@@ -1,0 +1,135 @@
+"""Label efficiency: the five rows of issue 7 on the proxies, for the tutorial's recipe and others.
+
+Rows (the ``finetuner-selfsup reproduce`` columns, all from the same random init):
+
+* ``random init``           -- ``pre-trained`` with ``weights='none'``: no training;
+* ``10% labels only``       -- the tutorial's fine-tune on the labelled 10 %, from random init;
+* ``self-supervised only``  -- SimCLR on the unlabelled 70 %, nothing else;
+* ``self-supervision``      -- SimCLR, then the fine-tune on the 10 % (the seed's two fits);
+* ``80% labels``            -- ``fine-tuned``: triplet training on 80 % of the pairs.
+
+Data sets (``--datasets``): ``shapes`` (the built-in demo pairs) and ``fonts`` (one character
+in DejaVu Sans and in STIX General Italic, from matplotlib's wheel). Settings: the demo
+preset (ResNet-18 from scratch, 64 px, 20 SimCLR epochs, see ``reproduce/settings.py``)
+plus ``--set KEY=VALUE`` changes.
+
+Every recipe after the first reuses the self-supervised checkpoint (same settings) and
+recomputes only the columns its fine-tune changes. Results: ``OUT/<dataset>/<recipe>/
+results.{json,md}`` and a summary table on stdout and in ``OUT/summary.md``.
+
+Run: ``python bench/label_efficiency.py --out /tmp/label-efficiency --recipes tutorial contrastive``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from finetuner_selfsup.cli import _parse_value
+from finetuner_selfsup.reproduce.columns import (
+    LABELS_ONLY,
+    PRETRAINED,
+    SELF_SUPERVISED,
+    SELF_SUPERVISED_ONLY,
+    SUPERVISED,
+)
+from finetuner_selfsup.reproduce.recipes import get_recipe
+from finetuner_selfsup.reproduce.runner import TableRun
+from finetuner_selfsup.reproduce.settings import DEMO
+
+ROWS = (
+    (PRETRAINED, "random init"),
+    (LABELS_ONLY, "10% labels only"),
+    (SELF_SUPERVISED_ONLY, "self-supervised only"),
+    (SELF_SUPERVISED, "self-supervised + 10% labels"),
+    (SUPERVISED, "80% labels"),
+)
+
+
+def make_data(name: str, root: Path, pairs: int) -> Path:
+    if name == "fonts":
+        from finetuner_selfsup.data.font_pairs import make_font_pairs
+
+        return make_font_pairs(root, num_pairs=pairs, seed=0)
+    if name == "shapes":
+        from finetuner_selfsup.data.demo_pairs import make_demo_pairs
+
+        return make_demo_pairs(root, num_pairs=pairs, seed=0)
+    raise SystemExit(f"unknown data set {name!r}; choose shapes or fonts")
+
+
+def columns_for(recipe_name: str, first: bool, only_self_supervised: bool = False) -> List[str]:
+    """All five for the first recipe; afterwards only the columns the recipe changes;
+    with ``only_self_supervised`` just the two that start from the self-supervised stage."""
+    if only_self_supervised:
+        return [SELF_SUPERVISED_ONLY, SELF_SUPERVISED]
+    if first:
+        return [column for column, _ in ROWS]
+    recipe = get_recipe(recipe_name)
+    columns = [SELF_SUPERVISED, LABELS_ONLY]
+    if recipe.head_blocks_kept:
+        columns.append(SELF_SUPERVISED_ONLY)
+    return columns
+
+
+def summary(results: Dict[str, Dict[str, dict]], ks=(1, 5, 10)) -> str:
+    lines = ["| data | recipe | row | " + " | ".join(f"hit@{k}" for k in ks) + " | wall (s) | kept epoch |",
+             "|---|---|---|" + "---|" * (len(ks) + 2)]
+    for dataset, by_recipe in results.items():
+        for recipe, columns in by_recipe.items():
+            for column, label in ROWS:
+                if column not in columns:
+                    continue
+                entry = columns[column]
+                hits = " | ".join(f"{entry['metrics'][f'hit@{k}']:.3f}" for k in ks)
+                kept = entry.get("chosen_epoch", "")
+                lines.append(f"| {dataset} | {recipe} | {label} | {hits} | {entry['wall_seconds']:.0f} | {kept} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--datasets", nargs="+", default=["shapes", "fonts"])
+    parser.add_argument("--recipes", nargs="+", default=["tutorial"])
+    parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--only-self-supervised", action="store_true",
+                        help="compute only the columns that start from the self-supervised stage "
+                             "(to compare settings of that stage; the others do not depend on it)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    settings = DEMO
+    for item in args.set:
+        key, _, text = item.partition("=")
+        settings = settings.replace(**{key: _parse_value(settings, key, text)})
+    command = "python bench/label_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results: Dict[str, Dict[str, dict]] = {}
+    for dataset in args.datasets:
+        data = make_data(dataset, args.out / dataset / "data", args.pairs)
+        results[dataset] = {}
+        for position, recipe in enumerate(args.recipes):
+            started = time.perf_counter()
+            run = TableRun(
+                settings.replace(recipe=recipe), data, args.out / dataset / recipe,
+                title=f"label efficiency: {dataset}, recipe {recipe}", command=command,
+                checkpoint_dir=args.out / dataset / "checkpoints",
+            )
+            run.run(columns_for(recipe, position == 0, args.only_self_supervised))
+            results[dataset][recipe] = run.results.columns
+            print(f"{dataset} / {recipe}: {time.perf_counter() - started:.0f} s", flush=True)
+    table = summary(results)
+    print(table)
+    (args.out / "summary.md").write_text(f"Produced by: `{command}`\n\n{table}\n")
+    (args.out / "summary.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
