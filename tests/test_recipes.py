@@ -32,7 +32,9 @@ def pairs(tmp_path_factory):
 
 
 def test_recipe_names_and_combinations():
-    assert recipe_names() == ("tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping")
+    assert recipe_names() == (
+        "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised"
+    )
     assert get_recipe("tutorial") == Recipe("tutorial")
     combined = get_recipe("contrastive+early-stopping")
     assert combined.finetune_loss == "contrastive" and combined.validation_share == 0.2
@@ -133,3 +135,21 @@ def test_contrastive_and_early_stopping_recipes_run_and_record_the_kept_epoch(pa
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     # NT-Xent over 4 pairs (8 images) starts near log(7), far above a triplet loss's margin
     assert losses[0] > 1.0
+
+
+def test_semi_supervised_recipe_alternates_both_objectives_on_one_backbone(pairs, tmp_path):
+    run = TableRun(TINY.replace(recipe="semi-supervised+early-stopping"), pairs, tmp_path)
+    ssl = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
+    tuned = run.runner.self_supervised(run.ssl_split.pretrain, run.ssl_split.finetune)
+    recorders = run.runner.recorders
+    labelled = recorders[f"{SELF_SUPERVISED}/fine-tuning"]
+    unlabelled = recorders[f"{SELF_SUPERVISED}/fine-tuning-contrastive"]
+    # one epoch of each per round
+    assert len(labelled.epoch_ends) == len(unlabelled.epoch_ends) == TINY.finetune_epochs
+    assert 0 <= run.runner.chosen_epochs[SELF_SUPERVISED] <= TINY.finetune_epochs
+    # the cached self-supervised model is untouched (the column trains a copy)
+    assert not any(
+        torch.equal(a, b) for a, b in zip(ssl.embed_model.state_dict().values(), tuned.state_dict().values())
+        if a.dtype.is_floating_point and a.numel() > 100
+    ) or run.runner.chosen_epochs[SELF_SUPERVISED] == 0
+    assert tuned(torch.zeros(2, 3, 32, 32)).shape == (2, 512)

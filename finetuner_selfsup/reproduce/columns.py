@@ -136,6 +136,8 @@ class ColumnRunner:
 
     def self_supervised(self, pretrain_unlabelled, finetune_labelled) -> nn.Module:
         tuned = copy.deepcopy(self.self_supervised_pretraining(pretrain_unlabelled))
+        if self.recipe.semi_supervised:
+            return self._semi_supervised_finetune(tuned, pretrain_unlabelled, finetune_labelled)
         return self._finetune(tuned, finetune_labelled, SELF_SUPERVISED)
 
     def self_supervised_only(self, pretrain_unlabelled) -> nn.Module:
@@ -220,10 +222,7 @@ class ColumnRunner:
         if validation is not None:
             keeper = BestEpochKeeper(validation, self.plain_images, s)
             callbacks.append(keeper)
-        if recipe.finetune_loss == "contrastive":
-            loss = NTXentLoss(temperature=s.temperature)
-        else:
-            loss = TripletLoss(miner=TripletEasyHardMiner(neg_strategy="hard"), margin=s.margin)
+        loss = self._finetune_loss()
         # The tutorial's second call; a model we assembled (head blocks kept) is already an
         # embedding model, so it is trained as it is.
         tailor = recipe.head_blocks_kept == 0
@@ -238,6 +237,47 @@ class ColumnRunner:
         if keeper is not None:
             self.chosen_epochs[column] = keeper.restore_best(tuned)
         return tuned
+
+    def _finetune_loss(self) -> nn.Module:
+        s = self.settings
+        if self.recipe.finetune_loss == "contrastive":
+            return NTXentLoss(temperature=s.temperature)
+        return TripletLoss(miner=TripletEasyHardMiner(neg_strategy="hard"), margin=s.margin)
+
+    def _semi_supervised_finetune(self, model: nn.Module, pretrain_unlabelled, finetune_labelled) -> nn.Module:
+        """Fine-tune on the labels while the contrastive loss keeps training on the
+        unlabelled images: every round is one self-supervised epoch of the model with its
+        head (NT-Xent, the fine-tune's learning rate) and one labelled epoch of the
+        embedding model, which shares the backbone. Each round is two ``ft.fit`` calls on
+        the models in place, seeded per round (an optimiser's state starts afresh each call)."""
+        s, recipe = self.settings, self.recipe
+        train, validation = split_validation(finetune_labelled, recipe.validation_share)
+        embedding = self._starting_model(model)  # shares its modules with ``model``
+        _freeze_modules(embedding, recipe.frozen_modules)
+        keeper = BestEpochKeeper(validation, self.plain_images, s) if validation is not None else None
+        if keeper is not None:
+            keeper.consider(embedding, 0)
+        labelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning", LossRecorder())
+        unlabelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning-contrastive", LossRecorder())
+        seed = s.seed if s.seed is not None else 0
+        for round_index in range(s.finetune_epochs):
+            fit(
+                model, pretrain_unlabelled, epochs=1, batch_size=s.ssl_batch_size,
+                loss=NTXentLoss(temperature=s.temperature), learning_rate=s.finetune_learning_rate,
+                device=s.device, preprocess_fn=self_supervised_views(s), num_workers=s.num_workers,
+                callbacks=[unlabelled_recorder], seed=seed + 1000 + round_index,
+            )
+            fit(
+                embedding, train, epochs=1, batch_size=s.finetune_batch_size, loss=self._finetune_loss(),
+                learning_rate=s.finetune_learning_rate, device=s.device,
+                preprocess_fn=self.plain_images, num_items_per_class=s.num_items_per_class,
+                num_workers=s.num_workers, callbacks=[labelled_recorder], seed=seed + round_index,
+            )
+            if keeper is not None:
+                keeper.consider(embedding, round_index + 1)
+        if keeper is not None:
+            self.chosen_epochs[SELF_SUPERVISED] = keeper.restore_best(embedding)
+        return embedding
 
     def _triplet_fit(self, model, labelled, key: str, epochs: int, batch_size: int, lr: float):
         s = self.settings
@@ -356,7 +396,8 @@ class BestEpochKeeper(Callback):
         )
         return float(result.mean_metrics["mrr"])
 
-    def _consider(self, model: nn.Module, epoch: int) -> None:
+    def consider(self, model: nn.Module, epoch: int) -> None:
+        """Score ``model`` as the state after ``epoch`` and keep it if it is the best."""
         score = self.score(model)
         self.scores.append(score)
         if score > self.best_score:
@@ -365,10 +406,10 @@ class BestEpochKeeper(Callback):
 
     def on_fit_begin(self, tuner: Any) -> None:
         if self.best_state is None:
-            self._consider(tuner.embed_model, 0)
+            self.consider(tuner.embed_model, 0)
 
     def on_train_epoch_end(self, tuner: Any) -> None:
-        self._consider(tuner.embed_model, tuner.state.epoch + 1)
+        self.consider(tuner.embed_model, tuner.state.epoch + 1)
 
     def restore_best(self, model: nn.Module) -> int:
         """Load the best state into ``model``; returns its epoch (0: the starting model)."""

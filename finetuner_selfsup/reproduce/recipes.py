@@ -20,6 +20,10 @@ pre-trained backbone:
 * ``early-stopping`` -- hold out a fifth of the labelled pairs and keep the epoch (the
   pre-trained backbone itself included, as "epoch 0") with the best pair-retrieval MRR on
   them, so fine-tuning can never end below its starting point on held-out labels;
+* ``semi-supervised`` -- keep the contrastive loss on the unlabelled 70 % while
+  fine-tuning: rounds of one self-supervised epoch (model with its head, NT-Xent) and one
+  labelled epoch (the embedding model sharing that backbone), as semi-supervised
+  methods train both objectives together instead of one after the other;
 * combinations of these, named by joining the names with ``+``.
 """
 from __future__ import annotations
@@ -42,6 +46,9 @@ class Recipe:
     frozen_modules: Tuple[str, ...] = ()
     #: share of the labelled pairs held out to choose the best fine-tuning epoch (0: off)
     validation_share: float = 0.0
+    #: keep training NT-Xent on the unlabelled images while fine-tuning (one epoch of each
+    #: per round; the self-supervision column only)
+    semi_supervised: bool = False
 
     def __post_init__(self) -> None:
         if self.finetune_loss not in ("triplet", "contrastive"):
@@ -57,6 +64,7 @@ _PARTS: Dict[str, Dict[str, object]] = {
     "contrastive": {"finetune_loss": "contrastive"},
     "frozen-stem": {"frozen_modules": ("conv1", "bn1", "layer1", "layer2")},
     "early-stopping": {"validation_share": 0.2},
+    "semi-supervised": {"semi_supervised": True},
 }
 
 TUTORIAL_RECIPE = Recipe("tutorial")
