@@ -14,8 +14,11 @@ preset (ResNet-18 from scratch, 64 px, 20 SimCLR epochs, see ``reproduce/setting
 plus ``--set KEY=VALUE`` changes.
 
 Every recipe after the first reuses the self-supervised checkpoint (same settings) and
-recomputes only the columns its fine-tune changes. Results: ``OUT/<dataset>/<recipe>/
-results.{json,md}`` and a summary table on stdout and in ``OUT/summary.md``.
+recomputes only the columns its fine-tune changes. ``--finetune-seeds 0 1 2`` repeats the
+labelled fits (fine-tune, 10 % only, 80 %) with other seeds on the same self-supervised
+model and reports mean ± standard deviation: on 120 evaluation queries a single run's
+hit@k moves by several points between seeds. Results: ``OUT/<dataset>/<recipe>/
+finetune-seed-<N>/results.{json,md}`` and a summary table on stdout and in ``OUT/summary.md``.
 
 Run: ``python bench/label_efficiency.py --out /tmp/label-efficiency --recipes tutorial contrastive``
 """
@@ -25,6 +28,7 @@ import argparse
 import json
 import logging
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,32 +67,44 @@ def make_data(name: str, root: Path, pairs: int) -> Path:
     raise SystemExit(f"unknown data set {name!r}; choose shapes or fonts")
 
 
-def columns_for(recipe_name: str, first: bool, only_self_supervised: bool = False) -> List[str]:
-    """All five for the first recipe; afterwards only the columns the recipe changes;
-    with ``only_self_supervised`` just the two that start from the self-supervised stage."""
-    if only_self_supervised:
-        return [SELF_SUPERVISED_ONLY, SELF_SUPERVISED]
-    if first:
-        return [column for column, _ in ROWS]
+def columns_for(recipe_name: str, first_recipe: bool, first_seed: bool,
+                only_self_supervised: bool = False) -> List[str]:
+    """The columns a (recipe, fine-tune seed) run must compute: all five once; for other
+    recipes only those the recipe changes; for further seeds only the labelled fits."""
     recipe = get_recipe(recipe_name)
+    if only_self_supervised:
+        return [SELF_SUPERVISED_ONLY, SELF_SUPERVISED] if first_seed else [SELF_SUPERVISED]
+    if first_recipe:
+        if first_seed:
+            return [column for column, _ in ROWS]
+        return [LABELS_ONLY, SELF_SUPERVISED, SUPERVISED]
     columns = [SELF_SUPERVISED, LABELS_ONLY]
-    if recipe.head_blocks_kept:
+    if recipe.head_blocks_kept and first_seed:
         columns.append(SELF_SUPERVISED_ONLY)
     return columns
 
 
-def summary(results: Dict[str, Dict[str, dict]], ks=(1, 5, 10)) -> str:
-    lines = ["| data | recipe | row | " + " | ".join(f"hit@{k}" for k in ks) + " | wall (s) | kept epoch |",
-             "|---|---|---|" + "---|" * (len(ks) + 2)]
+def _mean_sd(values: List[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
+def summary(results: Dict[str, Dict[str, List[dict]]], ks=(1, 5, 10)) -> str:
+    """One line per data set, recipe and row: mean ± sd over the fine-tune seeds."""
+    lines = ["| data | recipe | row | " + " | ".join(f"hit@{k}" for k in ks) + " | runs | wall (s) | kept epochs |",
+             "|---|---|---|" + "---|" * (len(ks) + 3)]
     for dataset, by_recipe in results.items():
-        for recipe, columns in by_recipe.items():
+        for recipe, runs in by_recipe.items():
             for column, label in ROWS:
-                if column not in columns:
+                entries = [run[column] for run in runs if column in run]
+                if not entries:
                     continue
-                entry = columns[column]
-                hits = " | ".join(f"{entry['metrics'][f'hit@{k}']:.3f}" for k in ks)
-                kept = entry.get("chosen_epoch", "")
-                lines.append(f"| {dataset} | {recipe} | {label} | {hits} | {entry['wall_seconds']:.0f} | {kept} |")
+                hits = " | ".join(_mean_sd([e["metrics"][f"hit@{k}"] for e in entries]) for k in ks)
+                wall = statistics.fmean(e["wall_seconds"] for e in entries)
+                kept = ",".join(str(e["chosen_epoch"]) for e in entries if "chosen_epoch" in e)
+                lines.append(f"| {dataset} | {recipe} | {label} | {hits} | {len(entries)} | {wall:.0f} | {kept} |")
     return "\n".join(lines)
 
 
@@ -97,6 +113,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--datasets", nargs="+", default=["shapes", "fonts"])
     parser.add_argument("--recipes", nargs="+", default=["tutorial"])
+    parser.add_argument("--finetune-seeds", nargs="+", type=int, default=[0],
+                        help="seeds of the labelled fits; each is a repeat of the labelled stage "
+                             "on the same self-supervised model (default: 0, the demo's seed)")
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--only-self-supervised", action="store_true",
@@ -110,20 +129,23 @@ def main() -> int:
         key, _, text = item.partition("=")
         settings = settings.replace(**{key: _parse_value(settings, key, text)})
     command = "python bench/label_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results: Dict[str, Dict[str, dict]] = {}
+    results: Dict[str, Dict[str, List[dict]]] = {}
     for dataset in args.datasets:
         data = make_data(dataset, args.out / dataset / "data", args.pairs)
         results[dataset] = {}
         for position, recipe in enumerate(args.recipes):
-            started = time.perf_counter()
-            run = TableRun(
-                settings.replace(recipe=recipe), data, args.out / dataset / recipe,
-                title=f"label efficiency: {dataset}, recipe {recipe}", command=command,
-                checkpoint_dir=args.out / dataset / "checkpoints",
-            )
-            run.run(columns_for(recipe, position == 0, args.only_self_supervised))
-            results[dataset][recipe] = run.results.columns
-            print(f"{dataset} / {recipe}: {time.perf_counter() - started:.0f} s", flush=True)
+            results[dataset][recipe] = []
+            for seed_position, seed in enumerate(args.finetune_seeds):
+                started = time.perf_counter()
+                run = TableRun(
+                    settings.replace(recipe=recipe, finetune_seed=seed), data,
+                    args.out / dataset / recipe / f"finetune-seed-{seed}",
+                    title=f"label efficiency: {dataset}, recipe {recipe}, fine-tune seed {seed}",
+                    command=command, checkpoint_dir=args.out / dataset / "checkpoints",
+                )
+                run.run(columns_for(recipe, position == 0, seed_position == 0, args.only_self_supervised))
+                results[dataset][recipe].append(run.results.columns)
+                print(f"{dataset} / {recipe} / seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     table = summary(results)
     print(table)
     (args.out / "summary.md").write_text(f"Produced by: `{command}`\n\n{table}\n")

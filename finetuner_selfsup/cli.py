@@ -29,7 +29,7 @@ def _parse_value(settings: RunSettings, key: str, text: str) -> Any:
         return text.lower() in ("true", "1", "yes")
     if isinstance(current, tuple):
         return tuple(int(v) for v in text.split(","))
-    if key == "seed" and text.lower() == "none":
+    if key in ("seed", "finetune_seed") and text.lower() == "none":
         return None
     try:
         return type(current)(text) if current is not None else int(text)

@@ -134,3 +134,18 @@ def test_every_column_starts_from_the_same_random_initialisation(tmp_path):
     runner = ColumnRunner(TINY, tmp_path)
     first, second = runner.backbone().state_dict(), runner.backbone().state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_finetune_seed_changes_only_the_labelled_fits(tmp_path):
+    from finetuner_selfsup.reproduce.columns import ColumnRunner
+
+    assert TINY.labelled_seed == TINY.seed == 0
+    reseeded = TINY.replace(finetune_seed=7)
+    assert reseeded.labelled_seed == 7
+    # the self-supervised stage (and so its checkpoint folder) is shared across fine-tune seeds
+    assert reseeded.self_supervised_fingerprint() == TINY.self_supervised_fingerprint()
+    assert reseeded.fingerprint() != TINY.fingerprint()
+    # the initial weights still come from `seed`
+    a = ColumnRunner(TINY, tmp_path).backbone().state_dict()
+    b = ColumnRunner(reseeded, tmp_path).backbone().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -232,7 +232,7 @@ class ColumnRunner:
             preprocess_fn=self.plain_images, num_items_per_class=s.num_items_per_class,
             num_workers=s.num_workers, callbacks=callbacks, to_embedding_model=tailor,
             input_size=self.input_size if tailor else None,
-            layer_name=s.layer_name if tailor else None, seed=s.seed,
+            layer_name=s.layer_name if tailor else None, seed=s.labelled_seed,
         )
         if keeper is not None:
             self.chosen_epochs[column] = keeper.restore_best(tuned)
@@ -259,7 +259,7 @@ class ColumnRunner:
             keeper.consider(embedding, 0)
         labelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning", LossRecorder())
         unlabelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning-contrastive", LossRecorder())
-        seed = s.seed if s.seed is not None else 0
+        seed = s.labelled_seed if s.labelled_seed is not None else 0
         for round_index in range(s.finetune_epochs):
             fit(
                 model, pretrain_unlabelled, epochs=1, batch_size=s.ssl_batch_size,
@@ -288,7 +288,7 @@ class ColumnRunner:
             learning_rate=lr, device=s.device, preprocess_fn=self.plain_images,
             num_items_per_class=s.num_items_per_class, num_workers=s.num_workers,
             callbacks=[recorder], to_embedding_model=True, input_size=self.input_size,
-            layer_name=s.layer_name, seed=s.seed,
+            layer_name=s.layer_name, seed=s.labelled_seed,
         )
 
 

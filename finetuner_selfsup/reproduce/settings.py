@@ -70,6 +70,15 @@ class RunSettings:
     num_workers: int = 0
     eval_batch_size: int = 64
     seed: Optional[int] = 0
+    #: seed of the labelled fits (fine-tune and full supervision) when it should differ
+    #: from ``seed`` (which also draws the initial weights and the self-supervised stage):
+    #: repeats of the cheap labelled stage on one self-supervised model measure its spread
+    finetune_seed: Optional[int] = None
+
+    @property
+    def labelled_seed(self) -> Optional[int]:
+        """The seed of the labelled fits."""
+        return self.seed if self.finetune_seed is None else self.finetune_seed
 
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
