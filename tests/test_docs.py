@@ -146,6 +146,8 @@ def test_readme_links_lead_to_built_pages(site):
         "finetuner_selfsup.optim.LargeBatchRecipe",
         "finetuner_selfsup.optim.LARS",
         "finetuner_selfsup.distributed.ShardedBatchSampler",
+        "finetuner_selfsup.data.font_pairs.make_font_pairs",
+        "finetuner_selfsup.reproduce.recipes.Recipe",
     ],
 )
 def test_api_page_documents(site, anchor):

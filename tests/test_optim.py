@@ -16,6 +16,7 @@ from finetuner_selfsup.optim import (
     LargeBatchRecipe,
     lars_param_groups,
     scaled_learning_rate,
+    self_supervised_default,
     warmup_cosine_factor,
 )
 
@@ -130,3 +131,61 @@ def test_counting_steps_for_a_recipe_leaves_the_batch_order_alone():
         results.append([p.detach().clone() for p in model.parameters()])
     assert configure.planned == {"images_per_batch": 4, "steps_per_epoch": 3, "epochs": 2}
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+class _RecordOptimiser:
+    """Records the optimiser's class and the learning rate of every batch."""
+
+    def __init__(self):
+        self.rates, self.kind, self.weight_decay = [], None, None
+
+    def __getattr__(self, name):
+        return lambda tuner, **kwargs: None
+
+    def on_train_batch_begin(self, tuner):
+        self.rates.append(tuner.state.learning_rates["group_0"])
+        self.kind = type(tuner._optimizer).__name__
+        self.weight_decay = tuner._optimizer.param_groups[0]["weight_decay"]
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+
+
+def _unlabelled(n=16):
+    rng = np.random.default_rng(0)
+    return DocumentArray(Document(tensor=rng.random((3, 8, 8), dtype=np.float32)) for _ in range(n))
+
+
+_JITTER = lambda d: torch.as_tensor(d.tensor) + 0.05 * torch.randn(3, 8, 8)  # noqa: E731
+
+
+def test_self_supervised_fit_without_an_optimiser_gets_adamw_with_warmup_and_cosine():
+    record = _RecordOptimiser()
+    fit(_tiny_model(), _unlabelled(), epochs=10, batch_size=8, loss=NTXentLoss(),
+        preprocess_fn=_JITTER, callbacks=[record], seed=0)
+    assert record.kind == "AdamW" and record.weight_decay == 1e-4
+    # 4 steps an epoch, one warm-up epoch (a tenth of 10), cosine to 0 over the rest
+    expected = [1e-3 * warmup_cosine_factor(s, 4, 40) for s in range(40)]
+    assert record.rates == pytest.approx(expected)
+    assert self_supervised_default(3).warmup_epochs == 1 and self_supervised_default(50).warmup_epochs == 5
+
+
+def test_a_named_learning_rate_keeps_finetuners_constant_adam():
+    record = _RecordOptimiser()
+    fit(_tiny_model(), _unlabelled(), epochs=2, batch_size=8, loss=NTXentLoss(),
+        preprocess_fn=_JITTER, callbacks=[record], seed=0, learning_rate=1e-3)
+    assert record.kind == "Adam" and record.rates == [1e-3] * 8
+
+
+def test_supervised_fit_without_an_optimiser_keeps_adam():
+    rng = np.random.default_rng(0)
+    docs = DocumentArray(
+        Document(tensor=rng.random((3, 8, 8), dtype=np.float32), tags={"finetuner_label": str(i % 4)})
+        for i in range(16)
+    )
+    record = _RecordOptimiser()
+    fit(_tiny_model(), docs, epochs=1, batch_size=8, loss="TripletLoss", num_items_per_class=2,
+        callbacks=[record], seed=0)
+    assert record.kind == "Adam" and set(record.rates) == {1e-3}

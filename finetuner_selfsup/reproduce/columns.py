@@ -314,9 +314,9 @@ def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
     size, name = settings.image_size, settings.ssl_augmentation
     if name == "default":
         return vision_preprocessor(size, size)
-    if name == "mild-crop":
-        return vision_preprocessor(size, size, crop_scale=(0.25, 1.0))
-    raise ValueError(f"ssl_augmentation must be 'default' or 'mild-crop', got {name!r}")
+    if name == "simclr-crop":
+        return vision_preprocessor(size, size, crop_scale=(0.08, 1.0))
+    raise ValueError(f"ssl_augmentation must be 'default' or 'simclr-crop', got {name!r}")
 
 
 def _freeze_modules(model: nn.Module, names: Sequence[str]) -> None:

@@ -31,14 +31,14 @@ class RunSettings:
     ssl_batch_size: int = 512
     ssl_learning_rate: float = 1e-3
     #: the self-supervised fit's optimiser: 'default' (what ``ft.fit`` does when the call
-    #: names none, as in the tutorial), 'adam' (constant Adam at ssl_learning_rate,
-    #: Finetuner 0.4.1's default), 'adamw-cosine' (AdamW at ssl_learning_rate, weight decay
-    #: 1e-4, warm-up then cosine) or 'lars' (SimCLR's LARS, 0.3 x images/256, warm-up then
-    #: cosine); the warm-up is a tenth of the epochs
+    #: names none, as in the tutorial: AdamW at 1e-3, weight decay 1e-4, warm-up then
+    #: cosine), 'adam' (constant Adam at ssl_learning_rate, Finetuner 0.4.1's default),
+    #: 'adamw-cosine' (the default's recipe at ssl_learning_rate) or 'lars' (SimCLR's LARS,
+    #: 0.3 x images/256, warm-up then cosine); the warm-up is a tenth of the epochs
     ssl_optimizer: str = "default"
     #: the self-supervised views: 'default' (``vision_preprocessor(size, size)`` as the
-    #: tutorial calls it: SimCLR's augmentation) or 'mild-crop' (random resized crops of
-    #: 25-100 % of the image instead of 8-100 %)
+    #: tutorial calls it: crops of 25-100 % of the image) or 'simclr-crop' (SimCLR's crops
+    #: of 8-100 %)
     ssl_augmentation: str = "default"
     temperature: float = 0.1
     head_output_dim: int = 1024
