@@ -50,6 +50,11 @@ def _settings(base: RunSettings, args: argparse.Namespace) -> RunSettings:
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         changes[key] = _parse_value(base, key, text)
+    if "recipe" in changes:
+        from .reproduce.recipes import get_recipe, resolve_recipe_name
+
+        changes["recipe"] = resolve_recipe_name(changes["recipe"])
+        get_recipe(changes["recipe"])  # an unknown name fails here, before any work
     return base.replace(**changes)
 
 
@@ -67,9 +72,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--supervised-epochs", dest="supervised_epochs", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--recipe", help="how the labelled fine-tune runs: 'tutorial' (default, the "
-                        "seed's call as written), or one or more of head-layer, contrastive, "
-                        "frozen-stem, early-stopping joined by '+' (see the docs' label "
-                        "efficiency page)")
+                        "seed's call as written), 'best' (the best measured: semi-supervised), or "
+                        "one or more of head-layer, contrastive, frozen-stem, early-stopping, "
+                        "semi-supervised joined by '+' (see the docs page 'Label efficiency')")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any other setting, e.g. --set temperature=0.2 (repeatable)")
     parser.add_argument("--columns", nargs="+", metavar="COLUMN",

@@ -39,6 +39,7 @@ def test_recipe_names_and_combinations():
     combined = get_recipe("contrastive+early-stopping")
     assert combined.finetune_loss == "contrastive" and combined.validation_share == 0.2
     assert combined.head_blocks_kept == 0 and combined.frozen_modules == ()
+    assert get_recipe("best") == get_recipe("semi-supervised")
     with pytest.raises(ValueError, match="unknown recipe 'bogus'"):
         get_recipe("contrastive+bogus")
     with pytest.raises(ValueError, match="finetune_loss"):
@@ -153,3 +154,13 @@ def test_semi_supervised_recipe_alternates_both_objectives_on_one_backbone(pairs
         if a.dtype.is_floating_point and a.numel() > 100
     ) or run.runner.chosen_epochs[SELF_SUPERVISED] == 0
     assert tuned(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():
+    from finetuner_selfsup.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["demo", "--recipe", "best"])
+    assert _settings(DEMO, args).recipe == "semi-supervised"
+    args = build_parser().parse_args(["demo", "--recipe", "contrastive+nonsense"])
+    with pytest.raises(ValueError, match="unknown recipe 'nonsense'"):
+        _settings(DEMO, args)
