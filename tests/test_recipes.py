@@ -12,10 +12,9 @@ from finetuner_selfsup.reproduce.columns import (
     LABELS_ONLY,
     SELF_SUPERVISED,
     SELF_SUPERVISED_ONLY,
-    BestEpochKeeper,
     ColumnRunner,
-    split_validation,
 )
+from finetuner_selfsup.reproduce.early_stopping import BestEpochKeeper, split_validation
 from finetuner_selfsup.reproduce.recipes import Recipe, get_recipe, recipe_names
 from finetuner_selfsup.reproduce.runner import TableRun
 from finetuner_selfsup.reproduce.settings import DEMO
