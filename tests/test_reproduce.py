@@ -149,3 +149,13 @@ def test_finetune_seed_changes_only_the_labelled_fits(tmp_path):
     a = ColumnRunner(TINY, tmp_path).backbone().state_dict()
     b = ColumnRunner(reseeded, tmp_path).backbone().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_projection_head_initialisation_does_not_depend_on_what_ran_before(tmp_path):
+    from finetuner_selfsup.reproduce.columns import ColumnRunner
+
+    runner = ColumnRunner(TINY, tmp_path)
+    first = runner._with_head().state_dict()
+    torch.rand(1000)  # e.g. another column trained first
+    second = runner._with_head().state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

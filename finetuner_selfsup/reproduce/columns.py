@@ -158,12 +158,15 @@ class ColumnRunner:
         """A fresh backbone cut at ``layer_name`` with a fresh projection head: the seed's
         first fit's model."""
         s = self.settings
+        # The backbone first: it seeds torch, so the head's initialisation that follows is
+        # the same whatever ran before in this process (column order, other runs).
+        backbone = self.backbone()
         head = ProjectionHead(
             in_features=embedding_width(s.model), output_dim=s.head_output_dim,
             num_layers=s.head_layers,
         )
         return to_embedding_model(
-            self.backbone(), layer_name=s.layer_name, input_size=self.input_size,
+            backbone, layer_name=s.layer_name, input_size=self.input_size,
             projection_head=head, device=s.device,
         )
 
