@@ -272,12 +272,9 @@ def make_demo_pairs(root: Union[str, "os.PathLike[str]"], num_pairs: int = 600, 
     names = pair_folders.file_names(num_pairs)
     if pair_folders.is_complete(root, MANIFEST_NAME, manifest, names):
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    pair_folders.prepare(root, MANIFEST_NAME, GENERATOR)
-    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=False)
-    for index, name in enumerate(names):
-        left, right = render_pair(index, image_size, seed)
-        left.save(root / "left" / name, quality=92)
-        right.save(root / "right" / name, quality=92)
-    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=True)
+    with pair_folders.writing(root, MANIFEST_NAME, GENERATOR, manifest):
+        for index, name in enumerate(names):
+            left, right = render_pair(index, image_size, seed)
+            left.save(root / "left" / name, quality=92)
+            right.save(root / "right" / name, quality=92)
     return root

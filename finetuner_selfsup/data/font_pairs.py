@@ -156,17 +156,14 @@ def make_font_pairs(root: Union[str, "os.PathLike[str]"], num_pairs: int = 600, 
     if pair_folders.is_complete(root, MANIFEST_NAME, manifest, names):
         return root
     folder, characters = choose_characters(num_pairs, seed, image_size)
-    root.mkdir(parents=True, exist_ok=True)
-    pair_folders.prepare(root, MANIFEST_NAME, GENERATOR)
-    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=False)
-    rows = ["file\tcode_point\tname"]
-    for name, character in zip(names, characters):
-        render_glyph(character, folder / LEFT_FONT, image_size).save(root / "left" / name, quality=95)
-        render_glyph(character, folder / RIGHT_FONT, image_size).save(root / "right" / name, quality=95)
-        rows.append(f"{name}\tU+{ord(character):04X}\t{unicodedata.name(character, '?')}")
-    (root / "characters.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    for licence in LICENCE_FILES:
-        if (folder / licence).is_file():
-            shutil.copyfile(folder / licence, root / licence)
-    pair_folders.write_manifest(root, MANIFEST_NAME, manifest, complete=True)
+    with pair_folders.writing(root, MANIFEST_NAME, GENERATOR, manifest):
+        rows = ["file\tcode_point\tname"]
+        for name, character in zip(names, characters):
+            render_glyph(character, folder / LEFT_FONT, image_size).save(root / "left" / name, quality=95)
+            render_glyph(character, folder / RIGHT_FONT, image_size).save(root / "right" / name, quality=95)
+            rows.append(f"{name}\tU+{ord(character):04X}\t{unicodedata.name(character, '?')}")
+        (root / "characters.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        for licence in LICENCE_FILES:
+            if (folder / licence).is_file():
+                shutil.copyfile(folder / licence, root / licence)
     return root

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 SIDES = ("left", "right")
 
@@ -74,3 +75,15 @@ def prepare(root: Path, manifest_name: str, generator: str) -> None:
 def write_manifest(root: Path, manifest_name: str, manifest: Dict[str, Any], complete: bool) -> None:
     """Write the manifest; ``complete`` is set only after every image is written."""
     (root / manifest_name).write_text(json.dumps({**manifest, "complete": complete}, indent=2) + "\n")
+
+
+@contextmanager
+def writing(root: Path, manifest_name: str, generator: str, manifest: Dict[str, Any]) -> Iterator[None]:
+    """Around the code that writes a fresh set into ``root``: prepares the folders
+    (:func:`prepare`), records the manifest as incomplete, and marks it complete only when
+    the body finished without an error."""
+    root.mkdir(parents=True, exist_ok=True)
+    prepare(root, manifest_name, generator)
+    write_manifest(root, manifest_name, manifest, complete=False)
+    yield
+    write_manifest(root, manifest_name, manifest, complete=True)
