@@ -187,23 +187,29 @@ def _default_optimizer(
     """``(configure_optimizer, learning_rate)`` after the defaults: the self-supervised
     recipe when the call names no optimiser for self-supervised data (its schedule is
     stepped per batch, so only with ``scheduler_step='batch'``), else Adam at 1e-3."""
-    from .engine.data_kinds import DataKind, detect_data_kind
     from .optim import DEFAULT_LEARNING_RATE, self_supervised_default
 
-    if configure_optimizer is None and learning_rate is None and scheduler_step == "batch":
-        try:
-            kind = detect_data_kind(train_data)
-        except ValueError:
-            kind = None  # the engine reports bad data, after the other argument checks
-    else:
-        kind = None
-    if kind is DataKind.INSTANCE:
+    if (
+        configure_optimizer is None and learning_rate is None and scheduler_step == "batch"
+        and _is_self_supervised(train_data)
+    ):
         logger.info(
             "self-supervised data and no optimiser named: AdamW 1e-3, weight decay 1e-4, "
             "warm-up then cosine (pass learning_rate=... for a constant Adam)"
         )
         return self_supervised_default(epochs), DEFAULT_LEARNING_RATE
     return configure_optimizer, DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
+
+
+def _is_self_supervised(train_data: "DocumentArray") -> bool:
+    """True for unlabelled data without matches; False also for data the engine will
+    refuse (it reports that, after the other argument checks)."""
+    from .engine.data_kinds import DataKind, detect_data_kind
+
+    try:
+        return detect_data_kind(train_data) is DataKind.INSTANCE
+    except ValueError:
+        return False
 
 
 def _seed_everything(seed: int) -> None:

@@ -207,7 +207,7 @@ class LargeBatchRecipe:
 DEFAULT_LEARNING_RATE = 1e-3
 
 
-def self_supervised_default(epochs: int) -> LargeBatchRecipe:
+def self_supervised_default(epochs: int, base_lr: float = DEFAULT_LEARNING_RATE) -> LargeBatchRecipe:
     """The optimiser ``ft.fit`` uses for self-supervised data when the call names neither
     ``learning_rate`` nor ``configure_optimizer`` (as the tutorial's first fit does).
 
@@ -216,9 +216,10 @@ def self_supervised_default(epochs: int) -> LargeBatchRecipe:
     stepped every batch. Finetuner 0.4.1 used constant Adam at 1e-3; on this project's
     proxies the schedule gave a clearly better self-supervised backbone (see the docs page
     on label efficiency). Pass ``learning_rate=1e-3`` to get Finetuner's constant Adam back.
+    ``base_lr`` replaces the 1e-3 (e.g. to compare learning rates with the same schedule).
     """
     return LargeBatchRecipe(
-        base_lr=DEFAULT_LEARNING_RATE, scaling="none", warmup_epochs=max(1, epochs // 10),
+        base_lr=base_lr, scaling="none", warmup_epochs=max(1, epochs // 10),
         optimizer="adamw", weight_decay=1e-4,
     )
 

@@ -33,7 +33,7 @@ from ..fit import fit
 from ..heads import ProjectionHead, is_model_with_head
 from ..losses import NTXentLoss, TripletLoss
 from ..miners import TripletEasyHardMiner
-from ..optim import LargeBatchRecipe
+from ..optim import LargeBatchRecipe, self_supervised_default
 from ..tailoring import to_embedding_model
 from .backbones import build_backbone, embedding_width
 from .early_stopping import BestEpochKeeper, split_validation
@@ -224,17 +224,12 @@ class ColumnRunner:
         if validation is not None:
             keeper = BestEpochKeeper(validation, self.plain_images, s)
             callbacks.append(keeper)
-        loss = self._finetune_loss()
         # The tutorial's second call; a model we assembled (head blocks kept) is already an
         # embedding model, so it is trained as it is.
-        tailor = recipe.head_blocks_kept == 0
-        tuned = fit(
-            start, train, epochs=s.finetune_epochs, batch_size=s.finetune_batch_size, loss=loss,
-            learning_rate=s.finetune_learning_rate, device=s.device,
-            preprocess_fn=self.plain_images, num_items_per_class=s.num_items_per_class,
-            num_workers=s.num_workers, callbacks=callbacks, to_embedding_model=tailor,
-            input_size=self.input_size if tailor else None,
-            layer_name=s.layer_name if tailor else None, seed=s.labelled_seed,
+        tuned = self._labelled_fit(
+            start, train, epochs=s.finetune_epochs, batch_size=s.finetune_batch_size,
+            learning_rate=s.finetune_learning_rate, loss=self._finetune_loss(),
+            callbacks=callbacks, tailor=recipe.head_blocks_kept == 0, seed=s.labelled_seed,
         )
         if keeper is not None:
             self.chosen_epochs[column] = keeper.restore_best(tuned)
@@ -269,11 +264,10 @@ class ColumnRunner:
                 device=s.device, preprocess_fn=self_supervised_views(s), num_workers=s.num_workers,
                 callbacks=[unlabelled_recorder], seed=seed + 1000 + round_index,
             )
-            fit(
-                embedding, train, epochs=1, batch_size=s.finetune_batch_size, loss=self._finetune_loss(),
-                learning_rate=s.finetune_learning_rate, device=s.device,
-                preprocess_fn=self.plain_images, num_items_per_class=s.num_items_per_class,
-                num_workers=s.num_workers, callbacks=[labelled_recorder], seed=seed + round_index,
+            self._labelled_fit(
+                embedding, train, epochs=1, batch_size=s.finetune_batch_size,
+                learning_rate=s.finetune_learning_rate, loss=self._finetune_loss(),
+                callbacks=[labelled_recorder], tailor=False, seed=seed + round_index,
             )
             if keeper is not None:
                 keeper.consider(embedding, round_index + 1)
@@ -283,30 +277,42 @@ class ColumnRunner:
 
     def _triplet_fit(self, model, labelled, key: str, epochs: int, batch_size: int, lr: float):
         s = self.settings
-        recorder = self.recorders.setdefault(key, LossRecorder())
-        return fit(
-            model, labelled, epochs=epochs, batch_size=batch_size,
+        return self._labelled_fit(
+            model, labelled, epochs=epochs, batch_size=batch_size, learning_rate=lr,
             loss=TripletLoss(miner=TripletEasyHardMiner(neg_strategy="hard"), margin=s.margin),
-            learning_rate=lr, device=s.device, preprocess_fn=self.plain_images,
+            callbacks=[self.recorders.setdefault(key, LossRecorder())], tailor=True,
+            seed=s.labelled_seed,
+        )
+
+    def _labelled_fit(
+        self, model: nn.Module, labelled, *, epochs: int, batch_size: int, learning_rate: float,
+        loss: nn.Module, callbacks: List[Callback], tailor: bool, seed: Optional[int],
+    ) -> nn.Module:
+        """One ``ft.fit`` on labelled pairs with the tutorial's arguments: plain images,
+        ``num_items_per_class``, and with ``tailor`` the cut at ``layer_name`` (which also
+        drops a projection head); without it the model is trained as it is, in place."""
+        s = self.settings
+        return fit(
+            model, labelled, epochs=epochs, batch_size=batch_size, loss=loss,
+            learning_rate=learning_rate, device=s.device, preprocess_fn=self.plain_images,
             num_items_per_class=s.num_items_per_class, num_workers=s.num_workers,
-            callbacks=[recorder], to_embedding_model=True, input_size=self.input_size,
-            layer_name=s.layer_name, seed=s.labelled_seed,
+            callbacks=callbacks, to_embedding_model=tailor,
+            input_size=self.input_size if tailor else None,
+            layer_name=s.layer_name if tailor else None, seed=seed,
         )
 
 
 def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
     """The optimiser arguments of the self-supervised fit for ``settings.ssl_optimizer``."""
     name, lr = settings.ssl_optimizer, settings.ssl_learning_rate
-    warmup = max(1, settings.ssl_epochs // 10)
     if name == "default":
         return {}  # the tutorial names no optimiser: ft.fit's own default
     if name == "adam":
         return {"learning_rate": lr, "configure_optimizer": lambda model: torch.optim.Adam(model.parameters(), lr=lr)}
     if name == "adamw-cosine":
-        recipe = LargeBatchRecipe(base_lr=lr, scaling="none", warmup_epochs=warmup, optimizer="adamw",
-                                  weight_decay=1e-4)
-        return {"configure_optimizer": recipe}
+        return {"configure_optimizer": self_supervised_default(settings.ssl_epochs, base_lr=lr)}
     if name == "lars":
+        warmup = max(1, settings.ssl_epochs // 10)
         return {"configure_optimizer": LargeBatchRecipe(base_lr=0.3, scaling="linear", warmup_epochs=warmup)}
     raise ValueError(f"ssl_optimizer must be 'default', 'adam', 'adamw-cosine' or 'lars', got {name!r}")
 
