@@ -163,3 +163,43 @@ def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():
     args = build_parser().parse_args(["demo", "--recipe", "contrastive+nonsense"])
     with pytest.raises(ValueError, match="unknown recipe 'nonsense'"):
         _settings(DEMO, args)
+
+
+# ---------------------------------------------------------------- the self-supervised stage's settings
+
+
+@pytest.mark.parametrize(
+    "name, crop_scale",
+    [("default", (0.25, 1.0)), ("simclr-crop", (0.08, 1.0)), ("crop-0.5", (0.5, 1.0)), ("crop-1", (1.0, 1.0))],
+)
+def test_ssl_augmentation_names_choose_the_crop_range(name, crop_scale):
+    from finetuner_selfsup.reproduce.columns import self_supervised_views
+
+    views = self_supervised_views(TINY.replace(ssl_augmentation=name))
+    assert views.augmentation.crop_scale == crop_scale
+    assert (views.height, views.width) == (TINY.image_size, TINY.image_size)
+
+
+@pytest.mark.parametrize("name", ["crop-0", "crop-1.5", "crop-half", "strong"])
+def test_unknown_ssl_augmentation_is_refused_with_the_choices(name):
+    from finetuner_selfsup.reproduce.columns import self_supervised_views
+
+    with pytest.raises(ValueError, match="crop-<smallest share>") as error:
+        self_supervised_views(TINY.replace(ssl_augmentation=name))
+    assert repr(name) in str(error.value)
+
+
+def test_ssl_optimizer_names_give_fit_arguments():
+    from finetuner_selfsup.optim import LargeBatchRecipe
+    from finetuner_selfsup.reproduce.columns import self_supervised_optimizer
+
+    assert self_supervised_optimizer(TINY) == {}  # the tutorial's call: ft.fit's own default
+    adam = self_supervised_optimizer(TINY.replace(ssl_optimizer="adam", ssl_learning_rate=0.01))
+    optimizer = adam["configure_optimizer"](nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.01
+    lars = self_supervised_optimizer(TINY.replace(ssl_optimizer="lars", ssl_epochs=20))
+    recipe = lars["configure_optimizer"]
+    assert isinstance(recipe, LargeBatchRecipe)
+    assert (recipe.base_lr, recipe.scaling, recipe.warmup_epochs) == (0.3, "linear", 2)
+    with pytest.raises(ValueError, match="ssl_optimizer"):
+        self_supervised_optimizer(TINY.replace(ssl_optimizer="sgd"))

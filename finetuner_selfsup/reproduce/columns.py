@@ -324,7 +324,17 @@ def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
         return vision_preprocessor(size, size)
     if name == "simclr-crop":
         return vision_preprocessor(size, size, crop_scale=(0.08, 1.0))
-    raise ValueError(f"ssl_augmentation must be 'default' or 'simclr-crop', got {name!r}")
+    if name.startswith("crop-"):
+        try:
+            low = float(name[len("crop-"):])
+        except ValueError:
+            low = -1.0
+        if 0.0 < low <= 1.0:
+            return vision_preprocessor(size, size, crop_scale=(low, 1.0))
+    raise ValueError(
+        f"ssl_augmentation must be 'default', 'simclr-crop' or 'crop-<smallest share>' "
+        f"(e.g. 'crop-0.5': crops of 50-100 % of the image), got {name!r}"
+    )
 
 
 def _freeze_modules(model: nn.Module, names: Sequence[str]) -> None:

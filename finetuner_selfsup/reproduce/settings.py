@@ -37,8 +37,8 @@ class RunSettings:
     #: 0.3 x images/256, warm-up then cosine); the warm-up is a tenth of the epochs
     ssl_optimizer: str = "default"
     #: the self-supervised views: 'default' (``vision_preprocessor(size, size)`` as the
-    #: tutorial calls it: crops of 25-100 % of the image) or 'simclr-crop' (SimCLR's crops
-    #: of 8-100 %)
+    #: tutorial calls it: crops of 25-100 % of the image), 'simclr-crop' (SimCLR's crops
+    #: of 8-100 %) or 'crop-<share>' (crops of share-100 %, e.g. 'crop-0.5')
     ssl_augmentation: str = "default"
     temperature: float = 0.1
     head_output_dim: int = 1024
