@@ -89,6 +89,29 @@ def test_colour_operations_equal_torchvision_float(op, reference, factor):
     assert torch.allclose(ours, reference(image, factor), atol=2e-6)
 
 
+@pytest.mark.parametrize("factor", [-0.5, -0.2, 0.0, 0.13, 0.5])
+def test_hue_equals_torchvision_on_ties_and_extremes(factor):
+    """The hue shift without an HSV image: the sector choice on tied channels (red before
+    green before blue, as torchvision), black, white, grey, and shifts of half a turn."""
+    image = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3))
+    image[1, 0:4] = image[0, 0:4]  # red == green
+    image[2, 4:8] = image[1, 4:8]  # green == blue
+    image[2, 8:12] = image[0, 8:12]  # red == blue
+    image[:, 12:14] = 0.0
+    image[:, 14:16] = 1.0
+    image[:, 16:18] = 0.4
+    ours = B._hue(image[None], factor)[0]
+    assert torch.allclose(ours, TF.adjust_hue(image, factor), atol=2e-6)
+
+
+def test_hue_takes_one_factor_per_view():
+    views = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    factors = torch.tensor([-0.4, 0.0, 0.3])
+    ours = B._hue(views, factors)
+    for k in range(3):
+        assert torch.allclose(ours[k], TF.adjust_hue(views[k], float(factors[k])), atol=2e-6)
+
+
 def test_grayscale_equals_torchvision():
     image = smooth_image(20, 30).float() / 255
     ours = B._gray(image[None]).expand(-1, 3, -1, -1)[0]

@@ -344,31 +344,40 @@ def _saturation(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(views, _gray(views), factor)
 
 
+#: per output channel (R, G, B): the fully saturated colour of hue ``h6`` (in sixths of a
+#: turn) is ``clamp(sign * |h6 - centre| + offset, 0, 1)`` -- torchvision's sector table of
+#: ``_hsv_to_rgb`` written as three tent functions
+_HUE_CENTRE = (3.0, 2.0, 4.0)
+_HUE_SIGN = (1.0, -1.0, -1.0)
+_HUE_OFFSET = (-1.0, 2.0, 2.0)
+
+
 def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue``: to HSV, shift the hue by ``factor`` turns, back to RGB.
 
-    Same formulas as torchvision's ``_rgb_to_hsv``/``_hsv_to_rgb``, written branch-free:
-    channel ``c`` of the result is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with
-    ``k = (n_c + 6 h) mod 6``, ``n = (5, 3, 1)`` -- the sector table of ``_hsv_to_rgb``.
+    The same numbers as torchvision's ``_rgb_to_hsv`` -> shift -> ``_hsv_to_rgb`` (to
+    float32 rounding), in fewer passes over the image: value and saturation are kept, so
+    channel ``c`` of the result is ``min + (max - min) * tent_c(h6)`` with the shifted hue
+    ``h6`` in sixths of a turn; no HSV image is built, and the wrap-around is a ``floor``
+    (``torch.remainder`` and the saturation's division cost several times more per pixel
+    on the CPU).
     """
     r, g, b = views[:, 0:1], views[:, 1:2], views[:, 2:3]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     spread = maxc - minc
-    flat = spread == 0
-    saturation = spread / torch.where(flat, torch.ones_like(maxc), maxc)
-    divisor = torch.where(flat, torch.ones_like(spread), spread)
+    inverse = 1.0 / spread.clamp(min=1e-30)  # grey pixels: spread 0, the hue is irrelevant
+    # torchvision's sector choice: red if it is the maximum, else green, else blue
     hue6 = torch.where(
-        maxc == r, (g - b) / divisor, torch.where(maxc == g, 2.0 + (b - r) / divisor, 4.0 + (r - g) / divisor)
+        maxc == r, (g - b) * inverse,
+        torch.where(maxc == g, (b - r) * inverse + 2.0, (r - g) * inverse + 4.0),
     )
     shift = factor.view(-1, 1, 1, 1) if isinstance(factor, torch.Tensor) else factor
-    hue6 = torch.remainder(hue6 + 6.0 * shift, 6.0)
-    chroma = maxc * saturation
-    channels = []
-    for offset in (5.0, 3.0, 1.0):
-        k = torch.remainder(hue6 + offset, 6.0)
-        channels.append(maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
-    return torch.cat(channels, dim=1)
+    hue6 = hue6.add_(6.0 * shift)
+    hue6 = hue6.sub_(torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0))  # into [0, 6)
+    centre, sign, offset = (views.new_tensor(v).view(1, 3, 1, 1) for v in (_HUE_CENTRE, _HUE_SIGN, _HUE_OFFSET))
+    saturated = torch.addcmul(offset, (hue6 - centre).abs_(), sign).clamp_(0.0, 1.0)
+    return torch.addcmul(minc, spread, saturated)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
