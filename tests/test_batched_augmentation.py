@@ -138,6 +138,22 @@ def test_deterministic_settings_equal_the_per_view_pipeline():
     assert torch.equal(ours, aug(image).float() / 255)
 
 
+@pytest.mark.parametrize("as_float", [False, True])
+def test_forced_flip_mirrors_the_resized_view_exactly(as_float):
+    """The CPU uint8 path mirrors the crop before the resize: the same bytes as mirroring
+    the resized view (and the float path mirrors after it)."""
+    image = smooth_image(61, 47, seed=5)
+    source = image.float() / 255 if as_float else image
+    kwargs = dict(crop_scale=(1.0, 1.0), crop_ratio=(0.8, 0.8), color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    flipped = SimCLRAugmentation(40, 40, hflip_p=1.0, **kwargs)
+    plain = SimCLRAugmentation(40, 40, hflip_p=0.0, **kwargs)
+    ours = BatchedSimCLRAugmentation(flipped)(SourceBatch.from_images([source]), views_per_image=1)[0]
+    unflipped = BatchedSimCLRAugmentation(plain)(SourceBatch.from_images([source]), views_per_image=1)[0]
+    assert torch.equal(ours, unflipped.flip(-1))
+    reference = plain(image).float() / 255
+    assert torch.equal(ours, reference.flip(-1)) if not as_float else torch.allclose(ours, reference.flip(-1), atol=1e-2)
+
+
 # ------------------------------------------------------------------ random draws
 
 
