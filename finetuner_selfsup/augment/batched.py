@@ -201,8 +201,9 @@ class BatchedSimCLRAugmentation:
             )
             views = self._recolour_and_blur(views, _slice_params(params, rows))
             if scale is not None:
-                views = torch.addcmul(shift, views, scale)
-            out[rows] = views
+                torch.addcmul(shift, views, scale, out=out[rows])  # normalised as it is stored
+            else:
+                out[rows] = views
         return out
 
     def _recolour_and_blur(self, views: torch.Tensor, params: ViewParameters) -> torch.Tensor:
