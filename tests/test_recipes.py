@@ -170,7 +170,7 @@ def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():
 
 @pytest.mark.parametrize(
     "name, crop_scale",
-    [("default", (0.25, 1.0)), ("simclr-crop", (0.08, 1.0)), ("crop-0.5", (0.5, 1.0)), ("crop-1", (1.0, 1.0))],
+    [("default", (0.5, 1.0)), ("simclr-crop", (0.08, 1.0)), ("crop-0.25", (0.25, 1.0)), ("crop-1", (1.0, 1.0))],
 )
 def test_ssl_augmentation_names_choose_the_crop_range(name, crop_scale):
     from finetuner_selfsup.reproduce.columns import self_supervised_views
@@ -203,3 +203,14 @@ def test_ssl_optimizer_names_give_fit_arguments():
     assert (recipe.base_lr, recipe.scaling, recipe.warmup_epochs) == (0.3, "linear", 2)
     with pytest.raises(ValueError, match="ssl_optimizer"):
         self_supervised_optimizer(TINY.replace(ssl_optimizer="sgd"))
+
+
+def test_results_record_the_crops_that_default_stands_for():
+    """'default' has meant other crops in earlier versions: the fingerprint (results-folder
+    check and self-supervised checkpoint name) holds the crop range itself."""
+    from finetuner_selfsup.augment.preprocessor import DEFAULT_CROP_SCALE
+
+    assert TINY.fingerprint()["ssl_crop_scale"] == list(DEFAULT_CROP_SCALE)
+    assert TINY.self_supervised_fingerprint()["ssl_crop_scale"] == list(DEFAULT_CROP_SCALE)
+    older = TINY.replace(ssl_augmentation="crop-0.25")
+    assert older.self_supervised_fingerprint() != TINY.self_supervised_fingerprint()

@@ -318,23 +318,13 @@ def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
 
 
 def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
-    """The self-supervised fit's ``preprocess_fn`` for ``settings.ssl_augmentation``."""
-    size, name = settings.image_size, settings.ssl_augmentation
-    if name == "default":
+    """The self-supervised fit's ``preprocess_fn`` for ``settings.ssl_augmentation``: the
+    tutorial's ``vision_preprocessor(size, size)`` ('default') or the same with another
+    crop range ('simclr-crop', 'crop-<share>')."""
+    size = settings.image_size
+    if settings.ssl_augmentation == "default":
         return vision_preprocessor(size, size)
-    if name == "simclr-crop":
-        return vision_preprocessor(size, size, crop_scale=(0.08, 1.0))
-    if name.startswith("crop-"):
-        try:
-            low = float(name[len("crop-"):])
-        except ValueError:
-            low = -1.0
-        if 0.0 < low <= 1.0:
-            return vision_preprocessor(size, size, crop_scale=(low, 1.0))
-    raise ValueError(
-        f"ssl_augmentation must be 'default', 'simclr-crop' or 'crop-<smallest share>' "
-        f"(e.g. 'crop-0.5': crops of 50-100 % of the image), got {name!r}"
-    )
+    return vision_preprocessor(size, size, crop_scale=settings.ssl_crop_scale)
 
 
 def _freeze_modules(model: nn.Module, names: Sequence[str]) -> None:

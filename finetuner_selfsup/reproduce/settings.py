@@ -37,8 +37,8 @@ class RunSettings:
     #: 0.3 x images/256, warm-up then cosine); the warm-up is a tenth of the epochs
     ssl_optimizer: str = "default"
     #: the self-supervised views: 'default' (``vision_preprocessor(size, size)`` as the
-    #: tutorial calls it: crops of 25-100 % of the image), 'simclr-crop' (SimCLR's crops
-    #: of 8-100 %) or 'crop-<share>' (crops of share-100 %, e.g. 'crop-0.5')
+    #: tutorial calls it: crops of 50-100 % of the image), 'simclr-crop' (SimCLR's crops
+    #: of 8-100 %) or 'crop-<share>' (crops of share-100 %, e.g. 'crop-0.25')
     ssl_augmentation: str = "default"
     temperature: float = 0.1
     head_output_dim: int = 1024
@@ -76,6 +76,28 @@ class RunSettings:
     finetune_seed: Optional[int] = None
 
     @property
+    def ssl_crop_scale(self) -> Tuple[float, float]:
+        """The area range of the self-supervised crops that ``ssl_augmentation`` names."""
+        name = self.ssl_augmentation
+        if name == "default":
+            from ..augment.preprocessor import DEFAULT_CROP_SCALE
+
+            return tuple(DEFAULT_CROP_SCALE)  # type: ignore[return-value]
+        if name == "simclr-crop":
+            return (0.08, 1.0)
+        if name.startswith("crop-"):
+            try:
+                low = float(name[len("crop-"):])
+            except ValueError:
+                low = -1.0
+            if 0.0 < low <= 1.0:
+                return (low, 1.0)
+        raise ValueError(
+            f"ssl_augmentation must be 'default', 'simclr-crop' or 'crop-<smallest share>' "
+            f"(e.g. 'crop-0.25': crops of 25-100 % of the image), got {name!r}"
+        )
+
+    @property
     def labelled_seed(self) -> Optional[int]:
         """The seed of the labelled fits."""
         return self.seed if self.finetune_seed is None else self.finetune_seed
@@ -90,6 +112,8 @@ class RunSettings:
         data = self.to_dict()
         for name in ("device", "num_workers", "eval_batch_size"):
             data.pop(name)
+        # what 'default' stands for has changed between versions: record the crops made
+        data["ssl_crop_scale"] = list(self.ssl_crop_scale)
         return data
 
     def self_supervised_fingerprint(self) -> Dict[str, Any]:
@@ -97,8 +121,9 @@ class RunSettings:
         only in the fine-tune or the supervised column can share its checkpoints)."""
         names = ("model", "weights", "layer_name", "image_size", "ssl_epochs", "ssl_batch_size",
                  "ssl_learning_rate", "ssl_optimizer", "ssl_augmentation", "temperature", "head_output_dim", "head_layers",
-                 "pretrain_ratio", "seed")
-        return {name: getattr(self, name) for name in names}
+                 "ssl_crop_scale", "pretrain_ratio", "seed")
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in ((name, getattr(self, name)) for name in names)}
 
     def replace(self, **changes: Any) -> "RunSettings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
