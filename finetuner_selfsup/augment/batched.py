@@ -333,8 +333,11 @@ def _gray(views: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``_blend``: ``factor * a + (1 - factor) * b``, clamped to [0, 1]."""
-    return (factor * a + (1.0 - factor) * b).clamp_(0.0, 1.0)
+    """torchvision's ``_blend``: ``factor * a + (1 - factor) * b``, clamped to [0, 1]
+    (as one ``lerp``: the same value to float32 rounding, one pass instead of three)."""
+    if not isinstance(factor, torch.Tensor):
+        factor = float(factor)
+    return torch.lerp(b.expand_as(a), a, factor).clamp_(0.0, 1.0)
 
 
 def _brightness(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
