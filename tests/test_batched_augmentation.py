@@ -154,6 +154,22 @@ def test_forced_flip_mirrors_the_resized_view_exactly(as_float):
     assert torch.equal(ours, reference.flip(-1)) if not as_float else torch.allclose(ours, reference.flip(-1), atol=1e-2)
 
 
+def test_blur_after_normalisation_equals_blur_before_it():
+    """Views are blurred last, on normalised values: the same image as blurring first."""
+    images = [smooth_image(60, 48, seed=s) for s in range(3)]  # aspect 0.8: the whole image
+    aug = SimCLRAugmentation(
+        40, 40, crop_scale=(1.0, 1.0), crop_ratio=(0.8, 0.8), hflip_p=0.0, color_jitter_p=0.0,
+        grayscale_p=0.0, blur_p=1.0, blur_sigma=(1.3, 1.3), blur_kernel_size=9,
+    )
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = BatchedSimCLRAugmentation(aug)(SourceBatch.from_images(images), views_per_image=1, normalize=(mean, std))
+    for k, image in enumerate(images):
+        plain = TF.resize(image, [40, 40], antialias=True).float() / 255
+        blurred = TF.gaussian_blur(plain, [9, 9], [1.3, 1.3])
+        expected = TF.normalize(blurred, list(mean), list(std))
+        assert torch.allclose(ours[k], expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------ random draws
 
 

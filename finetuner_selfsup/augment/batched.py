@@ -199,30 +199,43 @@ class BatchedSimCLRAugmentation:
                 params.crop_height[rows], params.crop_width[rows], (aug.height, aug.width),
                 flip=params.flip[rows],
             )
-            views = self._recolour_and_blur(views, _slice_params(params, rows))
+            views = self._recolour(views, _slice_params(params, rows))
             if scale is not None:
                 torch.addcmul(shift, views, scale, out=out[rows])  # normalised as it is stored
             else:
                 out[rows] = views
+        self._blur(out, params)
         return out
 
-    def _recolour_and_blur(self, views: torch.Tensor, params: ViewParameters) -> torch.Tensor:
+    def _recolour(self, views: torch.Tensor, params: ViewParameters) -> torch.Tensor:
         device = views.device
         if bool(params.jitter.any()):
             views = _color_jitter(views, params.jitter, params.jitter_factors, params.jitter_order)
         if bool(params.grayscale.any()):
             chosen = params.grayscale.nonzero().squeeze(1).to(device)
             views[chosen] = _gray(views[chosen]).expand(-1, 3, -1, -1)
-        if bool(params.blur.any()):
-            chosen = params.blur.nonzero().squeeze(1)
-            views[chosen.to(device)] = gaussian_blur_per_view(
-                views[chosen.to(device)], self.augmentation.blur_kernel_size, params.blur_sigma[chosen]
-            )
         return views
+
+    def _blur(self, views: torch.Tensor, params: ViewParameters) -> None:
+        """Blur the chosen views in place, :data:`CPU_BLUR_GROUP` at a time on the CPU (all at
+        once elsewhere). The views may already be normalised: a blur whose weights sum to
+        one commutes with the per-channel ``(x - mean) / std``, so blurring last is the
+        same image, and it lets the CPU blur larger groups than a chunk holds."""
+        if not bool(params.blur.any()):
+            return
+        chosen = params.blur.nonzero().squeeze(1)
+        group = CPU_BLUR_GROUP if views.device.type == "cpu" else len(chosen)
+        for part in chosen.split(max(group, 1)):
+            index = part.to(views.device)
+            views[index] = gaussian_blur_per_view(
+                views[index], self.augmentation.blur_kernel_size, params.blur_sigma[part]
+            )
 
 
 #: bytes of float32 views made at a time on the CPU: about a core's L2 cache
 CPU_CHUNK_BYTES = 2_500_000
+#: views blurred by one grouped convolution on the CPU
+CPU_BLUR_GROUP = 16
 
 
 def cpu_chunk_size(height: int, width: int) -> int:
