@@ -170,6 +170,25 @@ def test_blur_after_normalisation_equals_blur_before_it():
         assert torch.allclose(ours[k], expected, atol=1e-5)
 
 
+def test_cpu_blur_with_shortened_kernels_equals_torchvision_full_kernel():
+    """The CPU blurs each group with the shortest kernel its sigmas need: the same image as
+    torchvision's full 23-tap kernel, for sigmas over SimCLR's whole range."""
+    images = [smooth_image(60, 48, seed=s) for s in range(20)]
+    aug = SimCLRAugmentation(
+        40, 40, crop_scale=(1.0, 1.0), crop_ratio=(0.8, 0.8), hflip_p=0.0, color_jitter_p=0.0,
+        grayscale_p=0.0, blur_p=1.0, blur_sigma=(0.1, 2.0), blur_kernel_size=23,
+    )
+    batched = BatchedSimCLRAugmentation(aug)
+    sources = SourceBatch.from_images(images)
+    params = batched.sample(sources.heights, sources.widths, torch.Generator().manual_seed(0))
+    ours = batched.apply(sources.pixels, torch.arange(len(images)), params)
+    assert len(set(B.effective_blur_radius(params.blur_sigma).tolist())) > 3  # several kernel sizes
+    for k, image in enumerate(images):
+        plain = TF.resize(image, [40, 40], antialias=True).float() / 255
+        sigma = float(params.blur_sigma[k])
+        assert torch.allclose(ours[k], TF.gaussian_blur(plain, [23, 23], [sigma, sigma]), atol=2e-6)
+
+
 # ------------------------------------------------------------------ random draws
 
 

@@ -224,12 +224,27 @@ class BatchedSimCLRAugmentation:
         if not bool(params.blur.any()):
             return
         chosen = params.blur.nonzero().squeeze(1)
-        group = CPU_BLUR_GROUP if views.device.type == "cpu" else len(chosen)
-        for part in chosen.split(max(group, 1)):
-            index = part.to(views.device)
-            views[index] = gaussian_blur_per_view(
-                views[index], self.augmentation.blur_kernel_size, params.blur_sigma[part]
-            )
+        sigma = params.blur_sigma[chosen]
+        kernel_h, kernel_w = self.augmentation.blur_kernel_size
+        if views.device.type != "cpu":
+            views[chosen.to(views.device)] = gaussian_blur_per_view(views[chosen.to(views.device)], (kernel_h, kernel_w), sigma)
+            return
+        # CPU: the views sorted by the taps their sigma needs, so that each group of
+        # CPU_BLUR_GROUP convolves with the shortest kernel that gives the same image
+        radius = effective_blur_radius(sigma)
+        order = torch.argsort(radius, stable=True)
+        for part in order.split(CPU_BLUR_GROUP):
+            reach = int(radius[part].max())
+            size = (min(kernel_h, 2 * reach + 1), min(kernel_w, 2 * reach + 1))
+            index = chosen[part]
+            views[index] = gaussian_blur_per_view(views[index], size, sigma[part])
+
+
+def effective_blur_radius(sigma: torch.Tensor) -> torch.Tensor:
+    """Taps each side beyond which a Gaussian of ``sigma`` has weights below 1e-8 of its
+    centre (``exp(-r^2 / 2 sigma^2) < 1e-8`` at ``r > 6.07 sigma``): dropping them changes
+    the normalised kernel, and so the blurred image, by less than float32 resolution."""
+    return torch.ceil(6.07 * sigma.to(torch.float64)).to(torch.long).clamp(min=1)
 
 
 #: bytes of float32 views made at a time on the CPU: about a core's L2 cache
