@@ -227,7 +227,8 @@ class BatchedSimCLRAugmentation:
         sigma = params.blur_sigma[chosen]
         kernel_h, kernel_w = self.augmentation.blur_kernel_size
         if views.device.type != "cpu":
-            views[chosen.to(views.device)] = gaussian_blur_per_view(views[chosen.to(views.device)], (kernel_h, kernel_w), sigma)
+            index = chosen.to(views.device)
+            views[index] = gaussian_blur_per_view(views[index], (kernel_h, kernel_w), sigma)
             return
         # CPU: the views sorted by the taps their sigma needs, so that each group of
         # CPU_BLUR_GROUP convolves with the shortest kernel that gives the same image
