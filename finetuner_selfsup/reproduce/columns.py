@@ -319,11 +319,9 @@ def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
 
 def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
     """The self-supervised fit's ``preprocess_fn`` for ``settings.ssl_augmentation``: the
-    tutorial's ``vision_preprocessor(size, size)`` ('default') or the same with another
-    crop range ('simclr-crop', 'crop-<share>')."""
+    tutorial's ``vision_preprocessor(size, size)`` with the crop range the name stands for
+    ('default' is the preprocessor's own default, so exactly the tutorial's call)."""
     size = settings.image_size
-    if settings.ssl_augmentation == "default":
-        return vision_preprocessor(size, size)
     return vision_preprocessor(size, size, crop_scale=settings.ssl_crop_scale)
 
 

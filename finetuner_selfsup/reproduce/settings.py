@@ -122,8 +122,8 @@ class RunSettings:
         names = ("model", "weights", "layer_name", "image_size", "ssl_epochs", "ssl_batch_size",
                  "ssl_learning_rate", "ssl_optimizer", "ssl_augmentation", "temperature", "head_output_dim", "head_layers",
                  "ssl_crop_scale", "pretrain_ratio", "seed")
-        return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in ((name, getattr(self, name)) for name in names)}
+        everything = self.fingerprint()
+        return {name: everything[name] for name in names}
 
     def replace(self, **changes: Any) -> "RunSettings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
