@@ -42,7 +42,7 @@ from finetuner_selfsup.reproduce.columns import (
     SELF_SUPERVISED_ONLY,
     SUPERVISED,
 )
-from finetuner_selfsup.reproduce.recipes import get_recipe, resolve_recipe_name
+from finetuner_selfsup.reproduce.recipes import checked_recipe_name, get_recipe
 from finetuner_selfsup.reproduce.runner import TableRun
 from finetuner_selfsup.reproduce.settings import DEMO
 
@@ -124,12 +124,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # 'best' is recorded under the recipe it stands for, as `finetuner-selfsup reproduce` does
-    args.recipes = [resolve_recipe_name(name) for name in args.recipes]
-    for name in args.recipes:
-        try:
-            get_recipe(name)  # an unknown name fails here, before any training
-        except ValueError as error:
-            parser.error(str(error))
+    try:
+        args.recipes = [checked_recipe_name(name) for name in args.recipes]
+    except ValueError as error:
+        parser.error(str(error))
 
     settings = DEMO
     for item in args.set:

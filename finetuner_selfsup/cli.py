@@ -51,10 +51,9 @@ def _settings(base: RunSettings, args: argparse.Namespace) -> RunSettings:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         changes[key] = _parse_value(base, key, text)
     if "recipe" in changes:
-        from .reproduce.recipes import get_recipe, resolve_recipe_name
+        from .reproduce.recipes import checked_recipe_name
 
-        changes["recipe"] = resolve_recipe_name(changes["recipe"])
-        get_recipe(changes["recipe"])  # an unknown name fails here, before any work
+        changes["recipe"] = checked_recipe_name(changes["recipe"])  # fails before any work
     return base.replace(**changes)
 
 

@@ -84,6 +84,14 @@ def resolve_recipe_name(name: str) -> str:
     return BEST_RECIPE if name == "best" else name
 
 
+def checked_recipe_name(name: str) -> str:
+    """The name a run records for ``name`` (``'best'`` resolved); raises ``ValueError``
+    for an unknown recipe, so callers can fail before any training."""
+    name = resolve_recipe_name(name)
+    get_recipe(name)
+    return name
+
+
 def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``: ``'tutorial'``, ``'best'``, one of :func:`recipe_names`
     or ``a+b+...``."""
