@@ -222,4 +222,3 @@ def self_supervised_default(epochs: int, base_lr: float = DEFAULT_LEARNING_RATE)
         base_lr=base_lr, scaling="none", warmup_epochs=max(1, epochs // 10),
         optimizer="adamw", weight_decay=1e-4,
     )
-
