@@ -26,6 +26,7 @@ few 1/255 steps -- far below the spread of the augmentation itself.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
@@ -218,26 +219,23 @@ class BatchedSimCLRAugmentation:
 
     def _blur(self, views: torch.Tensor, params: ViewParameters) -> None:
         """Blur the chosen views in place, :data:`CPU_BLUR_GROUP` at a time on the CPU (all at
-        once elsewhere). The views may already be normalised: a blur whose weights sum to
-        one commutes with the per-channel ``(x - mean) / std``, so blurring last is the
-        same image, and it lets the CPU blur larger groups than a chunk holds."""
+        once elsewhere, where kernel launches are the cost). The views may already be
+        normalised: a blur whose weights sum to one commutes with the per-channel
+        ``(x - mean) / std``, so blurring last is the same image, and it lets the CPU blur
+        larger groups than a chunk holds. The views are grouped in order of the taps their
+        sigma needs, and each group convolves with the shortest kernel that gives the same
+        image (:func:`effective_blur_radius`)."""
         if not bool(params.blur.any()):
             return
         chosen = params.blur.nonzero().squeeze(1)
         sigma = params.blur_sigma[chosen]
         kernel_h, kernel_w = self.augmentation.blur_kernel_size
-        if views.device.type != "cpu":
-            index = chosen.to(views.device)
-            views[index] = gaussian_blur_per_view(views[index], (kernel_h, kernel_w), sigma)
-            return
-        # CPU: the views sorted by the taps their sigma needs, so that each group of
-        # CPU_BLUR_GROUP convolves with the shortest kernel that gives the same image
         radius = effective_blur_radius(sigma)
-        order = torch.argsort(radius, stable=True)
-        for part in order.split(CPU_BLUR_GROUP):
+        group = CPU_BLUR_GROUP if views.device.type == "cpu" else len(chosen)
+        for part in torch.argsort(radius, stable=True).split(group):
             reach = int(radius[part].max())
             size = (min(kernel_h, 2 * reach + 1), min(kernel_w, 2 * reach + 1))
-            index = chosen[part]
+            index = chosen[part].to(views.device)
             views[index] = gaussian_blur_per_view(views[index], size, sigma[part])
 
 
@@ -392,6 +390,16 @@ _HUE_SIGN = (1.0, -1.0, -1.0)
 _HUE_OFFSET = (-1.0, 2.0, 2.0)
 
 
+@functools.lru_cache(maxsize=None)
+def _hue_tents(device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(centre, sign, offset)`` as ``(1, 3, 1, 1)`` tensors, made once per device and dtype
+    (the hue runs once per view on the CPU)."""
+    return tuple(  # type: ignore[return-value]
+        torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1)
+        for values in (_HUE_CENTRE, _HUE_SIGN, _HUE_OFFSET)
+    )
+
+
 def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue``: to HSV, shift the hue by ``factor`` turns, back to RGB.
 
@@ -415,7 +423,7 @@ def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     shift = factor.view(-1, 1, 1, 1) if isinstance(factor, torch.Tensor) else factor
     hue6 = hue6.add_(6.0 * shift)
     hue6 = hue6.sub_(torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0))  # into [0, 6)
-    centre, sign, offset = (views.new_tensor(v).view(1, 3, 1, 1) for v in (_HUE_CENTRE, _HUE_SIGN, _HUE_OFFSET))
+    centre, sign, offset = _hue_tents(views.device, views.dtype)
     saturated = torch.addcmul(offset, (hue6 - centre).abs_(), sign).clamp_(0.0, 1.0)
     return torch.addcmul(minc, spread, saturated)
 
