@@ -32,7 +32,8 @@ def pairs(tmp_path_factory):
 
 def test_recipe_names_and_combinations():
     assert recipe_names() == (
-        "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised"
+        "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised",
+        "augmented",
     )
     assert get_recipe("tutorial") == Recipe("tutorial")
     combined = get_recipe("contrastive+early-stopping")
@@ -153,6 +154,39 @@ def test_semi_supervised_recipe_alternates_both_objectives_on_one_backbone(pairs
         if a.dtype.is_floating_point and a.numel() > 100
     ) or run.runner.chosen_epochs[SELF_SUPERVISED] == 0
     assert tuned(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_augmented_recipe_fine_tunes_on_fresh_crops_and_flips_without_colour_changes(pairs, tmp_path):
+    from finetuner_selfsup.reproduce.columns import PlainImage, labelled_views
+
+    settings = TINY.replace(recipe="augmented+semi-supervised")
+    runner = ColumnRunner(settings, tmp_path)
+    views = runner.finetune_images
+    assert views.phase == "train"
+    aug = views.augmentation
+    assert aug.crop_scale == settings.ssl_crop_scale and aug.hflip_p == 0.5
+    assert aug.color_jitter_p == aug.grayscale_p == aug.blur_p == 0.0
+    assert isinstance(ColumnRunner(TINY, tmp_path).finetune_images, PlainImage)
+    # two reads of one image differ (a fresh draw per epoch) but keep its colours: a crop
+    # and flip only rearrange pixels, so each channel's mean stays near the plain image's
+    doc = Document(uri=str(pairs / "left" / "00000.jpg"))
+    torch.manual_seed(0)
+    first, second = views(doc), views(doc)
+    assert first.shape == second.shape == (3, TINY.image_size, TINY.image_size)
+    assert not torch.equal(first, second)
+    plain = PlainImage(TINY.image_size)(doc)
+    assert torch.allclose(first.mean(dim=(1, 2)), plain.mean(dim=(1, 2)), atol=0.35)
+    assert labelled_views(TINY).augmentation.crop_scale == TINY.ssl_crop_scale
+
+
+def test_augmented_recipe_trains_the_labelled_fits_on_augmented_views(pairs, tmp_path):
+    """The recipe's views reach ft.fit: a fine-tune run with them changes the model
+    differently from the plain-image fine-tune of the same seed."""
+    run = TableRun(TINY, pairs, tmp_path / "split")
+    plain = ColumnRunner(TINY, tmp_path / "plain").labels_only(run.ssl_split.finetune)
+    augmented = ColumnRunner(TINY.replace(recipe="augmented"), tmp_path / "aug").labels_only(run.ssl_split.finetune)
+    weights = "layer4.1.conv2.weight"
+    assert not torch.equal(plain.state_dict()[weights], augmented.state_dict()[weights])
 
 
 def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():

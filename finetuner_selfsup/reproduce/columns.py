@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..augment.preprocessor import VisionPreprocessor, vision_preprocessor
+from ..augment.simclr import SimCLRAugmentation
 from ..engine.callback_base import Callback
 from ..engine.checkpoint import TrainingCheckpoint
 from ..fit import fit
@@ -104,6 +105,11 @@ class ColumnRunner:
         size = settings.image_size
         self.input_size = (3, size, size)
         self.plain_images = PlainImage(size if settings.eval_resize else None)
+        #: what the fine-tune's labelled fits see: plain images (the tutorial), or random
+        #: crops and flips with the ``augmented`` recipe
+        self.finetune_images: Any = (
+            labelled_views(settings) if self.recipe.augmented_labels else self.plain_images
+        )
 
     def backbone(self) -> nn.Module:
         """A fresh backbone. With ``weights='none'`` its random initialisation is drawn
@@ -230,6 +236,7 @@ class ColumnRunner:
             start, train, epochs=s.finetune_epochs, batch_size=s.finetune_batch_size,
             learning_rate=s.finetune_learning_rate, loss=self._finetune_loss(),
             callbacks=callbacks, tailor=recipe.head_blocks_kept == 0, seed=s.labelled_seed,
+            images=self.finetune_images,
         )
         if keeper is not None:
             self.chosen_epochs[column] = keeper.restore_best(tuned)
@@ -268,6 +275,7 @@ class ColumnRunner:
                 embedding, train, epochs=1, batch_size=s.finetune_batch_size,
                 learning_rate=s.finetune_learning_rate, loss=self._finetune_loss(),
                 callbacks=[labelled_recorder], tailor=False, seed=seed + round_index,
+                images=self.finetune_images,
             )
             if keeper is not None:
                 keeper.consider(embedding, round_index + 1)
@@ -287,14 +295,17 @@ class ColumnRunner:
     def _labelled_fit(
         self, model: nn.Module, labelled, *, epochs: int, batch_size: int, learning_rate: float,
         loss: nn.Module, callbacks: List[Callback], tailor: bool, seed: Optional[int],
+        images: Optional[Any] = None,
     ) -> nn.Module:
-        """One ``ft.fit`` on labelled pairs with the tutorial's arguments: plain images,
-        ``num_items_per_class``, and with ``tailor`` the cut at ``layer_name`` (which also
-        drops a projection head); without it the model is trained as it is, in place."""
+        """One ``ft.fit`` on labelled pairs with the tutorial's arguments: plain images
+        (or ``images``, another ``preprocess_fn``), ``num_items_per_class``, and with
+        ``tailor`` the cut at ``layer_name`` (which also drops a projection head); without
+        it the model is trained as it is, in place."""
         s = self.settings
         return fit(
             model, labelled, epochs=epochs, batch_size=batch_size, loss=loss,
-            learning_rate=learning_rate, device=s.device, preprocess_fn=self.plain_images,
+            learning_rate=learning_rate, device=s.device,
+            preprocess_fn=images if images is not None else self.plain_images,
             num_items_per_class=s.num_items_per_class, num_workers=s.num_workers,
             callbacks=callbacks, to_embedding_model=tailor,
             input_size=self.input_size if tailor else None,
@@ -323,6 +334,20 @@ def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:
     ('default' is the preprocessor's own default, so exactly the tutorial's call)."""
     size = settings.image_size
     return vision_preprocessor(size, size, crop_scale=settings.ssl_crop_scale)
+
+
+def labelled_views(settings: RunSettings) -> VisionPreprocessor:
+    """The ``augmented`` recipe's ``preprocess_fn`` for labelled images: a random resized
+    crop over the self-supervised stage's crop range and a horizontal flip (p = 0.5), no
+    colour jitter, grayscale or blur -- the crop-and-flip augmentation SimCLR v2 fine-tunes
+    with -- normalised as the plain images are. A fresh draw every time an image is read,
+    i.e. every epoch."""
+    size = settings.image_size
+    geometry_only = SimCLRAugmentation(
+        size, size, crop_scale=settings.ssl_crop_scale, color_jitter_p=0.0,
+        grayscale_p=0.0, blur_p=0.0,
+    )
+    return VisionPreprocessor(size, size, phase="train", augmentation=geometry_only)
 
 
 def _freeze_modules(model: nn.Module, names: Sequence[str]) -> None:

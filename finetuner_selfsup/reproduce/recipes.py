@@ -20,6 +20,10 @@ pre-trained backbone:
 * ``early-stopping`` -- hold out a fifth of the labelled pairs and keep the epoch (the
   pre-trained backbone itself included, as "epoch 0") with the best pair-retrieval MRR on
   them, so fine-tuning can never end below its starting point on held-out labels;
+* ``augmented`` -- fine-tune on a fresh random crop and flip of every labelled image
+  each epoch (the self-supervised stage's crop range, no colour changes) instead of the
+  same plain image every epoch: SimCLR v2 fine-tunes on crops and flips, and 60 pairs
+  seen unchanged for ten epochs are memorised;
 * ``semi-supervised`` -- keep the contrastive loss on the unlabelled 70 % while
   fine-tuning: rounds of one self-supervised epoch (model with its head, NT-Xent) and one
   labelled epoch (the embedding model sharing that backbone), as semi-supervised
@@ -49,6 +53,8 @@ class Recipe:
     #: keep training NT-Xent on the unlabelled images while fine-tuning (one epoch of each
     #: per round; the self-supervision column only)
     semi_supervised: bool = False
+    #: fine-tune on random crops and flips of the labelled images instead of plain images
+    augmented_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.finetune_loss not in ("triplet", "contrastive"):
@@ -65,6 +71,7 @@ _PARTS: Dict[str, Dict[str, object]] = {
     "frozen-stem": {"frozen_modules": ("conv1", "bn1", "layer1", "layer2")},
     "early-stopping": {"validation_share": 0.2},
     "semi-supervised": {"semi_supervised": True},
+    "augmented": {"augmented_labels": True},
 }
 
 TUTORIAL_RECIPE = Recipe("tutorial")
