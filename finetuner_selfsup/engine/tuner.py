@@ -28,6 +28,7 @@ from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDatase
 from .collate import Batch, Collate
 from .prefetch import prefetch
 from .data_kinds import DataKind, describe_document, detect_data_kind
+from .host_memory import keep_freed_host_memory
 from .datasets import LabelledDataset, SessionDataset, TwoViewDataset
 from .samplers import ClassBatchSampler, InstanceBatchSampler, SessionBatchSampler
 
@@ -362,6 +363,10 @@ class Tuner:
         self._batch_size = batch_size
         self._num_items_per_class = num_items_per_class
         self._num_workers = num_workers
+        if self.device.type == "cpu":
+            # every batch frees and allocates the same large buffers: keep them for reuse
+            # instead of paging them in anew (see host_memory's docstring for the numbers)
+            keep_freed_host_memory()
 
         train_loader, kind = self._data_loader(
             train_data, "train_data", batch_size, num_items_per_class, preprocess_fn,
