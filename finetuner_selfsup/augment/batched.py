@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .compiled import CompiledKernel
 from .simclr import SimCLRAugmentation
 
 #: ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``
@@ -410,6 +411,14 @@ def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     (``torch.remainder`` and the saturation's division cost several times more per pixel
     on the CPU).
     """
+    return _shift_hue(views, factor, *_hue_tents(views.device, views.dtype))
+
+
+def _shift_hue(
+    views: torch.Tensor, factor: torch.Tensor, centre: torch.Tensor, sign: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_hue`'s arithmetic, the tent tables passed in (so that ``torch.compile`` sees
+    a pure function of tensors)."""
     r, g, b = views[:, 0:1], views[:, 1:2], views[:, 2:3]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
@@ -423,12 +432,15 @@ def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     shift = factor.view(-1, 1, 1, 1) if isinstance(factor, torch.Tensor) else factor
     hue6 = hue6.add_(6.0 * shift)
     hue6 = hue6.sub_(torch.floor(hue6 * (1.0 / 6.0)).mul_(6.0))  # into [0, 6)
-    centre, sign, offset = _hue_tents(views.device, views.dtype)
     saturated = torch.addcmul(offset, (hue6 - centre).abs_(), sign).clamp_(0.0, 1.0)
     return torch.addcmul(minc, spread, saturated)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+_HUE_OP = 3
+#: the hue shift fused into one pass for single CPU views (:mod:`.compiled`): the most
+#: expensive step of the CPU pipeline in eager mode
+_compiled_hue = CompiledKernel(_shift_hue, "hue")
 
 
 def _color_jitter(
@@ -442,13 +454,19 @@ def _color_jitter(
 
 def _color_jitter_view_by_view(views, apply, factors, order):
     """CPU, large views: one view at a time -- slicing a view is free, gathering a group is a copy,
-    and one 224 px view stays in cache through its four operations."""
+    and one 224 px view stays in cache through its four operations. The hue runs compiled
+    (:data:`_compiled_hue`; its factor passed as a tensor, so one compilation serves every
+    value)."""
     factor_rows = factors.tolist()
     order_rows = order.tolist()
     for k in apply.nonzero().squeeze(1).tolist():
         view = views[k : k + 1]
         for op_index in order_rows[k]:
-            view = _JITTER_OPS[op_index](view, factor_rows[k][op_index])
+            if op_index == _HUE_OP:
+                tents = _hue_tents(view.device, view.dtype)
+                view = _compiled_hue(view, factors[k, _HUE_OP].clone(), *tents)
+            else:
+                view = _JITTER_OPS[op_index](view, factor_rows[k][op_index])
         views[k : k + 1] = view
     return views
 
