@@ -16,6 +16,11 @@ Configurations:
   runnable: its uint8 output is converted to float (FACTS.md);
 * ``lightly``: lightly's ``SimCLRTransform`` on a JPEG decoded per access, a torch
   DataLoader, the same model and loss;
+* ``ours-malloc-as-is``: ``ours`` with ``FINETUNER_SELFSUP_MALLOC_TUNING=0`` (malloc's own
+  thresholds: every batch's buffers paged in anew), the engine before it kept freed
+  memory for reuse (:mod:`finetuner_selfsup.engine.host_memory`);
+* ``ours-eager``: ``ours`` with ``FINETUNER_SELFSUP_COMPILE=0`` (the hue shift in eager
+  mode instead of the fused ``torch.compile`` kernel, :mod:`finetuner_selfsup.augment.compiled`);
 * ``ours-2-workers``: ``ours`` with ``num_workers=2`` (views made in two worker
   processes, each with its own decode cache) -- beyond the one-process setting.
 
@@ -60,6 +65,18 @@ def run_ours(args, per_view: bool = False, workers: int = 0):
     return H.throughput(2 * IMAGES, clock.times)
 
 
+def run_ours_with(variable: str):
+    """``ours`` with the environment switch ``variable`` set to 0 (one engine feature off)."""
+
+    def run(args):
+        import os
+
+        os.environ[variable] = "0"
+        return run_ours(args)
+
+    return run
+
+
 def run_finetuner(args):
     import finetuner as ft
 
@@ -82,6 +99,8 @@ CONFIGS = {
     "finetuner-0.4.1": run_finetuner,
     "ours": run_ours,
     "ours-per-view": lambda args: run_ours(args, per_view=True),
+    "ours-malloc-as-is": run_ours_with("FINETUNER_SELFSUP_MALLOC_TUNING"),
+    "ours-eager": run_ours_with("FINETUNER_SELFSUP_COMPILE"),
     # not the issue's one-process setting: the same call with num_workers=2
     "ours-2-workers": lambda args: run_ours(args, workers=2),
     "lightly": run_lightly,

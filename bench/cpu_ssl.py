@@ -7,9 +7,12 @@ and Adam on ready tensors, nothing else -- an input pipeline fully hidden would 
 Configurations:
 
 * ``model-only``: the bound, float32, default (contiguous) layout -- the anchor;
-* ``model-only-channels-last``: the same in channels-last layout (what the engine uses);
+* ``model-only-channels-last``: the same in channels-last layout;
+* ``model-only-kept-memory``: the bound with the malloc setting the engine applies on the
+  CPU (freed buffers kept for reuse, :mod:`finetuner_selfsup.engine.host_memory`), so
+  the engine's own effect on the model step is separated from hiding the input pipeline;
 * ``ours``: the tutorial's call, ``ft.fit(..., preprocess_fn=vision_preprocessor(64, 64))``,
-  default settings (float32, channels-last);
+  default settings (float32; on the CPU the default layout and freed memory kept for reuse);
 * ``ours-bf16``: the same with ``precision='bf16'`` (bfloat16 autocast; CPUs with
   AVX-512-BF16/AMX);
 * ``finetuner-0.4.1``: Finetuner 0.4.1's own ``fit`` and ``vision_preprocessor`` (its
@@ -34,8 +37,14 @@ SIDE = 64
 EPOCHS = 4
 
 
-def run_model_only(args, channels_last: bool = False):
+def run_model_only(args, channels_last: bool = False, kept_memory: bool = False):
     import torch
+
+    if kept_memory:
+        from finetuner_selfsup.engine.host_memory import keep_freed_host_memory
+
+        if not keep_freed_host_memory():
+            raise SystemExit("model-only-kept-memory: the malloc setting is not available here")
 
     from finetuner_selfsup.losses import NTXentLoss
 
@@ -95,6 +104,7 @@ def run_lightly(args):
 CONFIGS = {
     "model-only": run_model_only,
     "model-only-channels-last": lambda args: run_model_only(args, channels_last=True),
+    "model-only-kept-memory": lambda args: run_model_only(args, kept_memory=True),
     "ours": run_ours,
     "ours-bf16": lambda args: run_ours(args, precision="bf16"),
     "finetuner-0.4.1": run_finetuner,
