@@ -15,7 +15,7 @@ from finetuner_selfsup.augment import batched as B  # noqa: E402
 from finetuner_selfsup.augment.compiled import ENV_SWITCH, CompiledKernel, compiling_enabled  # noqa: E402
 
 
-def _views(n: int, size: int = 40) -> torch.Tensor:
+def _views(n: int, size: int = 160) -> torch.Tensor:
     views = torch.rand(n, 3, size, size)
     views[:, :, :4] = 0.5  # grey rows: spread 0
     views[:, 0, 4:8] = 1.0  # red at the top of its range
@@ -50,6 +50,25 @@ def test_view_by_view_jitter_runs_the_compiled_hue_and_gives_the_eager_views(mon
     eager = B._color_jitter_view_by_view(views.clone(), apply, factors, order)
     torch.testing.assert_close(fused, eager, rtol=0, atol=1e-5)
     assert torch.equal(fused[2], views[2])  # not jittered
+
+
+def test_small_views_keep_the_eager_hue(monkeypatch):
+    """Below COMPILED_HUE_MIN_PIXELS (e.g. the demo's 64 px) nothing is compiled: the views
+    are exactly the eager ones, so results at small sizes do not depend on a compiler."""
+    monkeypatch.delenv(ENV_SWITCH, raising=False)
+    calls = []
+    monkeypatch.setattr(B, "_compiled_hue", lambda *args: calls.append(1))
+    views = _views(2, size=64)
+    apply = torch.tensor([True, True])
+    factors = torch.tensor([[1.0, 1.0, 1.0, 0.3], [1.2, 0.9, 1.1, -0.2]])
+    order = torch.tensor([[3, 0, 1, 2], [0, 1, 2, 3]])
+    jittered = B._color_jitter_view_by_view(views.clone(), apply, factors, order)
+    assert calls == []
+    view = views[0:1]
+    brightness, contrast, saturation, hue = factors[0].tolist()  # float32 values, as the path sees them
+    for op, factor in ((B._hue, hue), (B._brightness, brightness), (B._contrast, contrast), (B._saturation, saturation)):
+        view = op(view, factor)
+    assert torch.equal(jittered[0], view[0])  # the eager operations, bit for bit
 
 
 def test_a_kernel_that_cannot_be_compiled_warns_once_and_runs_eager(monkeypatch, caplog):

@@ -33,7 +33,7 @@ def pairs(tmp_path_factory):
 def test_recipe_names_and_combinations():
     assert recipe_names() == (
         "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised",
-        "augmented",
+        "augmented", "interpolated",
     )
     assert get_recipe("tutorial") == Recipe("tutorial")
     combined = get_recipe("contrastive+early-stopping")
@@ -187,6 +187,32 @@ def test_augmented_recipe_trains_the_labelled_fits_on_augmented_views(pairs, tmp
     augmented = ColumnRunner(TINY.replace(recipe="augmented"), tmp_path / "aug").labels_only(run.ssl_split.finetune)
     weights = "layer4.1.conv2.weight"
     assert not torch.equal(plain.state_dict()[weights], augmented.state_dict()[weights])
+
+
+def test_interpolated_recipe_moves_the_fine_tuned_weights_back_towards_the_start(pairs, tmp_path):
+    """WiSE-FT: the same seeded fine-tune as the tutorial's recipe, then every float weight
+    and batch-norm statistic at start + 0.75 * (fine-tuned - start)."""
+    run = TableRun(TINY, pairs, tmp_path / "split")
+    start = ColumnRunner(TINY, tmp_path / "start").cut(ColumnRunner(TINY, tmp_path / "start").backbone())
+    plain = ColumnRunner(TINY, tmp_path / "plain").labels_only(run.ssl_split.finetune)
+    mixed = ColumnRunner(TINY.replace(recipe="interpolated"), tmp_path / "mixed").labels_only(run.ssl_split.finetune)
+    before, tuned, after = start.state_dict(), plain.state_dict(), mixed.state_dict()
+    assert set(after) == set(tuned)
+    for name in ("conv1.weight", "layer4.1.conv2.weight", "bn1.running_mean", "layer3.0.bn2.weight"):
+        assert not torch.equal(before[name], tuned[name]), name  # the fine-tune moved it
+        expected = before[name] + 0.75 * (tuned[name] - before[name])
+        torch.testing.assert_close(after[name], expected, rtol=0, atol=1e-6)
+    assert torch.equal(after["bn1.num_batches_tracked"], tuned["bn1.num_batches_tracked"])
+    with pytest.raises(ValueError, match="interpolation"):
+        Recipe("x", interpolation=0.0)
+
+
+def test_interpolated_semi_supervised_recipe_runs_on_the_shared_backbone(pairs, tmp_path):
+    run = TableRun(TINY.replace(recipe="semi-supervised+interpolated"), pairs, tmp_path)
+    tuned = run.runner.self_supervised(run.ssl_split.pretrain, run.ssl_split.finetune)
+    start = run.runner.self_supervised_only(run.ssl_split.pretrain)
+    assert set(tuned.state_dict()) == set(start.state_dict())
+    assert tuned(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
 
 
 def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():

@@ -441,6 +441,11 @@ _HUE_OP = 3
 #: the hue shift fused into one pass for single CPU views (:mod:`.compiled`): the most
 #: expensive step of the CPU pipeline in eager mode
 _compiled_hue = CompiledKernel(_shift_hue, "hue")
+#: views of at least this many pixels use :data:`_compiled_hue` (about 160 px square and up,
+#: e.g. the tutorial's 224 px): there the hue costs hundreds of microseconds a view in
+#: eager mode; smaller views are cheap, and a short run at a small size would spend more
+#: on the first compilation than it saves
+COMPILED_HUE_MIN_PIXELS = 160 * 160
 
 
 def _color_jitter(
@@ -454,15 +459,16 @@ def _color_jitter(
 
 def _color_jitter_view_by_view(views, apply, factors, order):
     """CPU, large views: one view at a time -- slicing a view is free, gathering a group is a copy,
-    and one 224 px view stays in cache through its four operations. The hue runs compiled
-    (:data:`_compiled_hue`; its factor passed as a tensor, so one compilation serves every
-    value)."""
+    and one 224 px view stays in cache through its four operations. On views of at least
+    :data:`COMPILED_HUE_MIN_PIXELS` the hue runs compiled (:data:`_compiled_hue`; its
+    factor passed as a tensor, so one compilation serves every value)."""
     factor_rows = factors.tolist()
     order_rows = order.tolist()
+    compiled_hue = views.shape[-2] * views.shape[-1] >= COMPILED_HUE_MIN_PIXELS
     for k in apply.nonzero().squeeze(1).tolist():
         view = views[k : k + 1]
         for op_index in order_rows[k]:
-            if op_index == _HUE_OP:
+            if op_index == _HUE_OP and compiled_hue:
                 tents = _hue_tents(view.device, view.dtype)
                 view = _compiled_hue(view, factors[k, _HUE_OP].clone(), *tents)
             else:

@@ -225,6 +225,7 @@ class ColumnRunner:
         train, validation = split_validation(finetune_labelled, recipe.validation_share)
         start = self._starting_model(model) if recipe.head_blocks_kept else model
         _freeze_modules(start, recipe.frozen_modules)
+        starting_weights = self._starting_weights(model)
         callbacks: List[Callback] = [self.recorders.setdefault(key, LossRecorder())]
         keeper = None
         if validation is not None:
@@ -240,7 +241,33 @@ class ColumnRunner:
         )
         if keeper is not None:
             self.chosen_epochs[column] = keeper.restore_best(tuned)
+        self._interpolate(tuned, starting_weights)
         return tuned
+
+    def _starting_weights(self, model: nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+        """With an ``interpolated`` recipe, a copy of the weights the fine-tune starts from
+        (those of the embedding model it will return); else None."""
+        if self.recipe.interpolation == 1.0:
+            return None
+        start = self._starting_model(copy.deepcopy(model))
+        return {key: value.detach().clone() for key, value in start.state_dict().items()}
+
+    def _interpolate(self, tuned: nn.Module, starting_weights: Optional[Dict[str, torch.Tensor]]) -> None:
+        """WiSE-FT: ``tuned``'s weights (and batch-norm statistics) become
+        ``start + interpolation * (tuned - start)``, in place."""
+        if starting_weights is None:
+            return
+        weights = tuned.state_dict()
+        if set(weights) != set(starting_weights):
+            raise RuntimeError(
+                "cannot interpolate: the fine-tuned model's weights are not those of the model "
+                f"it started from ({sorted(set(weights) ^ set(starting_weights))[:3]} ...)"
+            )
+        with torch.no_grad():
+            for key, value in weights.items():
+                if value.is_floating_point():
+                    start = starting_weights[key].to(value.device)
+                    value.copy_(torch.lerp(start, value, self.recipe.interpolation))
 
     def _finetune_loss(self) -> nn.Module:
         s = self.settings
@@ -258,6 +285,7 @@ class ColumnRunner:
         train, validation = split_validation(finetune_labelled, recipe.validation_share)
         embedding = self._starting_model(model)  # shares its modules with ``model``
         _freeze_modules(embedding, recipe.frozen_modules)
+        starting_weights = self._starting_weights(model)
         keeper = BestEpochKeeper(validation, self.plain_images, s) if validation is not None else None
         if keeper is not None:
             keeper.consider(embedding, 0)
@@ -281,6 +309,7 @@ class ColumnRunner:
                 keeper.consider(embedding, round_index + 1)
         if keeper is not None:
             self.chosen_epochs[SELF_SUPERVISED] = keeper.restore_best(embedding)
+        self._interpolate(embedding, starting_weights)
         return embedding
 
     def _triplet_fit(self, model, labelled, key: str, epochs: int, batch_size: int, lr: float):

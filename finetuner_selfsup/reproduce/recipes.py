@@ -24,6 +24,10 @@ pre-trained backbone:
   each epoch (the self-supervised stage's crop range, no colour changes) instead of the
   same plain image every epoch: SimCLR v2 fine-tunes on crops and flips, and 60 pairs
   seen unchanged for ten epochs are memorised;
+* ``interpolated`` -- WiSE-FT (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903):
+  after the fine-tune, move the weights back a quarter of the way to where the fine-tune
+  started (``0.25 * start + 0.75 * fine-tuned``), keeping most of what the labels taught
+  and some of what the few labels would otherwise overwrite;
 * ``semi-supervised`` -- keep the contrastive loss on the unlabelled 70 % while
   fine-tuning: rounds of one self-supervised epoch (model with its head, NT-Xent) and one
   labelled epoch (the embedding model sharing that backbone), as semi-supervised
@@ -55,6 +59,9 @@ class Recipe:
     semi_supervised: bool = False
     #: fine-tune on random crops and flips of the labelled images instead of plain images
     augmented_labels: bool = False
+    #: weight of the fine-tuned weights in the final model, the rest from the weights the
+    #: fine-tune started from (WiSE-FT); 1.0 keeps the fine-tuned model as it is
+    interpolation: float = 1.0
 
     def __post_init__(self) -> None:
         if self.finetune_loss not in ("triplet", "contrastive"):
@@ -63,6 +70,8 @@ class Recipe:
             raise ValueError(f"head_blocks_kept must be >= 0, got {self.head_blocks_kept}")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"validation_share must be in [0, 1), got {self.validation_share}")
+        if not 0.0 < self.interpolation <= 1.0:
+            raise ValueError(f"interpolation must be in (0, 1], got {self.interpolation}")
 
 
 _PARTS: Dict[str, Dict[str, object]] = {
@@ -72,6 +81,7 @@ _PARTS: Dict[str, Dict[str, object]] = {
     "early-stopping": {"validation_share": 0.2},
     "semi-supervised": {"semi_supervised": True},
     "augmented": {"augmented_labels": True},
+    "interpolated": {"interpolation": 0.75},
 }
 
 TUTORIAL_RECIPE = Recipe("tutorial")
