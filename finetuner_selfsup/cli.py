@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from .reproduce.recipes import BEST_RECIPE, recipe_names
 from .reproduce.settings import DEMO, TUTORIAL, RunSettings
 
 
@@ -71,9 +72,9 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--supervised-epochs", dest="supervised_epochs", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--recipe", help="how the labelled fine-tune runs: 'tutorial' (default, the "
-                        "seed's call as written), 'best' (the best measured: semi-supervised), or "
-                        "one or more of head-layer, contrastive, frozen-stem, early-stopping, "
-                        "semi-supervised joined by '+' (see the docs page 'Label efficiency')")
+                        f"seed's call as written), 'best' (the best measured: {BEST_RECIPE}), or "
+                        f"one or more of {', '.join(recipe_names()[1:])} joined by '+' (see the "
+                        "docs page 'Label efficiency')")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any other setting, e.g. --set temperature=0.2 (repeatable)")
     parser.add_argument("--columns", nargs="+", metavar="COLUMN",

@@ -225,6 +225,17 @@ def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():
         _settings(DEMO, args)
 
 
+
+def test_cli_help_lists_every_recipe(capsys):
+    from finetuner_selfsup.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")
+    for name in recipe_names():
+        assert name in text, name
+
+
 # ---------------------------------------------------------------- the self-supervised stage's settings
 
 
