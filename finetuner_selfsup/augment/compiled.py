@@ -16,11 +16,12 @@ are used for single views of one size, where one compilation serves the whole ru
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable, Optional
 
 import torch
+
+from ..switches import switched_off
 
 logger = logging.getLogger("finetuner_selfsup")
 
@@ -31,7 +32,7 @@ ENV_SWITCH = "FINETUNER_SELFSUP_COMPILE"
 def compiling_enabled() -> bool:
     """False when :data:`ENV_SWITCH` says no (read on every call, so tests and users can
     change it within a process)."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() not in ("0", "false", "no", "off")
+    return not switched_off(ENV_SWITCH)
 
 
 class CompiledKernel:

@@ -31,6 +31,8 @@ import os
 import platform
 from typing import Any, Optional
 
+from ..switches import switched_off
+
 logger = logging.getLogger("finetuner_selfsup")
 
 #: ``mallopt`` parameter numbers from glibc's ``malloc.h``
@@ -45,10 +47,6 @@ TRIM_THRESHOLD_BYTES = (1 << 31) - 1
 ENV_SWITCH = "FINETUNER_SELFSUP_MALLOC_TUNING"
 
 _applied_in_pid: Optional[int] = None
-
-
-def _switched_off() -> bool:
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
 
 
 def _glibc() -> Optional[Any]:
@@ -71,7 +69,7 @@ def keep_freed_host_memory(libc: Optional[Any] = None) -> bool:
     global _applied_in_pid
     if _applied_in_pid == os.getpid():
         return True
-    if _switched_off():
+    if switched_off(ENV_SWITCH):
         return False
     libc = libc if libc is not None else _glibc()
     if libc is None:
