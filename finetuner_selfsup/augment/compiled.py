@@ -16,7 +16,6 @@ are used for single views of one size, where one compilation serves the whole ru
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -47,7 +46,6 @@ class CompiledKernel:
         self.name = name
         self._compiled: Optional[Callable[..., torch.Tensor]] = None
         self._failed = False
-        self._lock = threading.Lock()
 
     @property
     def failed(self) -> bool:
@@ -57,11 +55,9 @@ class CompiledKernel:
     def __call__(self, *args: Any) -> torch.Tensor:
         if self._failed or not compiling_enabled():
             return self.function(*args)
-        if self._compiled is None:
-            with self._lock:
-                if self._compiled is None:
-                    logger.info("compiling the CPU %s kernel with torch.compile (once; cached on disk)", self.name)
-                    self._compiled = torch.compile(self.function, dynamic=False, fullgraph=True)
+        if self._compiled is None:  # torch.compile only wraps; the build happens at the first call
+            logger.info("compiling the CPU %s kernel with torch.compile (once; cached on disk)", self.name)
+            self._compiled = torch.compile(self.function, dynamic=False, fullgraph=True)
         try:
             return self._compiled(*args)
         except Exception as error:  # noqa: BLE001 -- any compiler failure means "use eager"
