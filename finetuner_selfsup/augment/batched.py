@@ -333,7 +333,12 @@ def resized_crops(
             if mirror:
                 crop = crop.flip(-1).contiguous(memory_format=torch.channels_last)
             resized = F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)
-            torch.div(resized[0], 255.0, out=out[k])
+            # widen first (a layout-changing copy), then divide in place on planar floats:
+            # the same numbers as ``torch.div(resized[0], 255.0, out=out[k])``, which divides
+            # while it gathers the channels-last bytes and costs twice as much
+            view = out[k]
+            view.copy_(resized[0])
+            view.div_(255.0)
         else:
             crop = crop.to(torch.float32)
             resized = F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)
