@@ -313,3 +313,42 @@ def test_seeded_batches_repeat():
 def test_mixed_dtypes_in_one_batch_are_refused():
     with pytest.raises(ValueError, match="one dtype"):
         SourceBatch.from_images([smooth_image(8, 8), torch.rand(3, 8, 8)])
+
+
+# ------------------------------------------- the CPU's fast paths give the general path's numbers
+
+
+def test_view_by_view_jitter_in_place_equals_the_grouped_path():
+    """The CPU's view-by-view jitter works in place on each view; the grouped path (GPU,
+    small views) gathers views and builds new images. Same draws, same numbers."""
+    g = torch.Generator().manual_seed(3)
+    views = torch.rand((8, 3, 20, 24), generator=g)
+    params = BatchedSimCLRAugmentation(SimCLRAugmentation(20, 24)).sample(
+        torch.full((8,), 40), torch.full((8,), 40), g
+    )
+    apply = torch.tensor([True, False, True, True, False, True, True, True])
+    grouped = B._color_jitter_grouped(views.clone(), apply, params.jitter_factors, params.jitter_order)
+    in_place = B._color_jitter_view_by_view(views.clone(), apply, params.jitter_factors, params.jitter_order)
+    assert torch.equal(in_place, grouped)
+    assert torch.equal(in_place[~apply], views[~apply])
+    assert not torch.equal(in_place[apply], views[apply])
+
+
+def test_per_view_grayscale_in_place_equals_the_gathered_one():
+    views = torch.rand((3, 3, 10, 12), generator=torch.Generator().manual_seed(0))
+    expected = B._gray(views[1:2]).expand(-1, 3, -1, -1)
+    B._gray_in_place(views[1])
+    assert torch.equal(views[1:2], expected)
+
+
+def test_cpu_normalisation_equals_one_broadcast_addcmul():
+    """Per channel with scalar factors (the CPU's fast path) rounds like the broadcast
+    ``addcmul`` it replaces: one fused multiply-add per value, bit for bit."""
+    from finetuner_selfsup.augment.preprocessor import IMAGENET_MEAN, IMAGENET_STD
+
+    views = torch.rand((5, 3, 33, 31), generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    scale, shift = (1.0 / std).view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1)
+    out = torch.empty_like(views)
+    B._normalise_into(out, views, scale.flatten().tolist(), shift.flatten().tolist())
+    assert torch.equal(out, torch.addcmul(shift, views, scale))
