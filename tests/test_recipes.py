@@ -10,6 +10,7 @@ from finetuner_selfsup.data.demo_pairs import make_demo_pairs
 from finetuner_selfsup.data.tll import LABEL_TAG
 from finetuner_selfsup.reproduce.columns import (
     LABELS_ONLY,
+    PSEUDO_PAIRING,
     SELF_SUPERVISED,
     SELF_SUPERVISED_ONLY,
     ColumnRunner,
@@ -33,7 +34,7 @@ def pairs(tmp_path_factory):
 def test_recipe_names_and_combinations():
     assert recipe_names() == (
         "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised",
-        "augmented", "interpolated",
+        "augmented", "interpolated", "pseudo-pairs",
     )
     assert get_recipe("tutorial") == Recipe("tutorial")
     combined = get_recipe("contrastive+early-stopping")
@@ -62,6 +63,20 @@ def test_split_validation_holds_out_whole_pairs_by_label():
     assert split_validation(everything, 0.0) == (everything, None)
     with pytest.raises(ValueError, match="fewer than 2 to train on"):
         split_validation(_labelled(3), 0.5)
+
+
+def test_split_validation_never_holds_out_pseudo_pairs():
+    from finetuner_selfsup.reproduce.pseudo_pairs import PSEUDO_LABEL_PREFIX
+
+    pseudo = [
+        Document(uri=f"{side}/x{i}.jpg", tags={LABEL_TAG: f"{PSEUDO_LABEL_PREFIX}{i}"})
+        for i in range(6) for side in ("left", "right")
+    ]
+    labelled = DocumentArray(list(_labelled(10)) + pseudo)
+    train, (val_left, val_right) = split_validation(labelled, 0.2)
+    assert [d.uri for d in val_left] == ["left/00008.jpg", "left/00009.jpg"]  # a fifth of the 10 real pairs
+    assert [d.uri for d in val_right] == ["right/00008.jpg", "right/00009.jpg"]
+    assert len(train) == 16 + 12  # every pseudo-pair trains
 
 
 class _FakeTuner:
@@ -213,6 +228,26 @@ def test_interpolated_semi_supervised_recipe_runs_on_the_shared_backbone(pairs, 
     start = run.runner.self_supervised_only(run.ssl_split.pretrain)
     assert set(tuned.state_dict()) == set(start.state_dict())
     assert tuned(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_pseudo_pairs_recipe_fine_tunes_afresh_on_real_and_matched_pairs(pairs, tmp_path):
+    run = TableRun(TINY.replace(recipe="pseudo-pairs"), pairs, tmp_path)
+    run.run([SELF_SUPERVISED])
+    made = run.runner.pseudo_pairs[SELF_SUPERVISED]
+    unlabelled_left = len(run.ssl_split.pretrain) // 2
+    assert 0 < len(made) <= unlabelled_left
+    assert all("/left/" in left and "/right/" in right for left, right, _ in made)
+    assert len({left for left, _, _ in made}) == len({right for _, right, _ in made}) == len(made)
+    record = run.results.columns[SELF_SUPERVISED]["pseudo_pairs"]
+    assert record["made"] == len(made) and 0 <= record["correct"] <= len(made)
+    # two fine-tunes of the recipe's length: the pairing one on the labelled pairs only,
+    # the final one on more pairs, so more batches per epoch
+    pairing = run.runner.recorders[f"{PSEUDO_PAIRING}/fine-tuning"]
+    final = run.runner.recorders[f"{SELF_SUPERVISED}/fine-tuning"]
+    assert len(pairing.epoch_ends) == len(final.epoch_ends) == TINY.finetune_epochs
+    assert len(final.losses) > len(pairing.losses)
+    with pytest.raises(ValueError, match="pseudo_pairs"):
+        Recipe("x", pseudo_pairs=1.5)
 
 
 def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():

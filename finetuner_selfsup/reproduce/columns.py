@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ from ..optim import LargeBatchRecipe, self_supervised_default
 from ..tailoring import to_embedding_model
 from .backbones import build_backbone, embedding_width
 from .early_stopping import BestEpochKeeper, split_validation
+from .pseudo_pairs import make_pseudo_pairs
 from .recipes import Recipe, get_recipe
 from .settings import RunSettings
 
@@ -49,6 +50,8 @@ SELF_SUPERVISED = "self-supervision"
 LABELS_ONLY = "10% labels only"
 SELF_SUPERVISED_ONLY = "self-supervised only"
 COLUMNS = (PRETRAINED, SUPERVISED, SELF_SUPERVISED, LABELS_ONLY, SELF_SUPERVISED_ONLY)
+#: the first fine-tune of a pseudo-pair recipe (the one that pairs up unlabelled images)
+PSEUDO_PAIRING = f"{SELF_SUPERVISED} pairing"
 
 
 class PlainImage:
@@ -101,6 +104,9 @@ class ColumnRunner:
         self.recipe: Recipe = get_recipe(settings.recipe)
         self.recorders: Dict[str, LossRecorder] = {}
         self.chosen_epochs: Dict[str, int] = {}
+        #: with a pseudo-pair recipe, per column the pairs it made: (left uri, right uri,
+        #: margin over the runners-up), surest first
+        self.pseudo_pairs: Dict[str, List[Tuple[str, str, float]]] = {}
         self._self_supervised_model: Optional[nn.Module] = None
         size = settings.image_size
         self.input_size = (3, size, size)
@@ -141,9 +147,9 @@ class ColumnRunner:
 
     def self_supervised(self, pretrain_unlabelled, finetune_labelled) -> nn.Module:
         tuned = copy.deepcopy(self.self_supervised_pretraining(pretrain_unlabelled))
-        if self.recipe.semi_supervised:
-            return self._semi_supervised_finetune(tuned, pretrain_unlabelled, finetune_labelled)
-        return self._finetune(tuned, finetune_labelled, SELF_SUPERVISED)
+        if self.recipe.pseudo_pairs:
+            return self._pseudo_paired_finetune(tuned, pretrain_unlabelled, finetune_labelled)
+        return self._self_supervised_finetune(tuned, pretrain_unlabelled, finetune_labelled, SELF_SUPERVISED)
 
     def self_supervised_only(self, pretrain_unlabelled) -> nn.Module:
         """The self-supervised model where the fine-tune would start: the backbone (the
@@ -244,6 +250,33 @@ class ColumnRunner:
         self._interpolate(tuned, starting_weights)
         return tuned
 
+    def _self_supervised_finetune(self, model: nn.Module, pretrain_unlabelled, labelled, column: str) -> nn.Module:
+        if self.recipe.semi_supervised:
+            return self._semi_supervised_finetune(model, pretrain_unlabelled, labelled, column)
+        return self._finetune(model, labelled, column)
+
+    def _pseudo_paired_finetune(self, model: nn.Module, pretrain_unlabelled, finetune_labelled) -> nn.Module:
+        """Self-training (:mod:`.pseudo_pairs`): a copy of the self-supervised model is
+        fine-tuned as the rest of the recipe says; it pairs up unlabelled left and right
+        images (mutual nearest neighbours); the self-supervised model is then fine-tuned
+        afresh, the same way, on the real and the pseudo-pairs together. The kept pairs
+        are recorded in :attr:`pseudo_pairs`."""
+        from docarray import DocumentArray
+
+        s = self.settings
+        pairing = self._self_supervised_finetune(
+            copy.deepcopy(model), pretrain_unlabelled, finetune_labelled, PSEUDO_PAIRING
+        )
+        documents, matches = make_pseudo_pairs(
+            pairing, pretrain_unlabelled, self.plain_images, self.recipe.pseudo_pairs,
+            batch_size=s.eval_batch_size, device=s.device,
+        )
+        self.pseudo_pairs[SELF_SUPERVISED] = [(left.uri, right.uri, margin) for left, right, margin in matches]
+        logger.info("pseudo-pairs: %d mutual nearest neighbours kept of %d unlabelled images",
+                    len(matches), len(pretrain_unlabelled))
+        labelled = DocumentArray(list(finetune_labelled) + list(documents))
+        return self._self_supervised_finetune(model, pretrain_unlabelled, labelled, SELF_SUPERVISED)
+
     def _starting_weights(self, model: nn.Module) -> Optional[Dict[str, torch.Tensor]]:
         """With an ``interpolated`` recipe, a copy of the weights the fine-tune starts from
         (those of the embedding model it will return); else None."""
@@ -275,7 +308,9 @@ class ColumnRunner:
             return NTXentLoss(temperature=s.temperature)
         return TripletLoss(miner=TripletEasyHardMiner(neg_strategy="hard"), margin=s.margin)
 
-    def _semi_supervised_finetune(self, model: nn.Module, pretrain_unlabelled, finetune_labelled) -> nn.Module:
+    def _semi_supervised_finetune(
+        self, model: nn.Module, pretrain_unlabelled, finetune_labelled, column: str = SELF_SUPERVISED
+    ) -> nn.Module:
         """Fine-tune on the labels while the contrastive loss keeps training on the
         unlabelled images: every round is one self-supervised epoch of the model with its
         head (NT-Xent, the fine-tune's learning rate) and one labelled epoch of the
@@ -289,8 +324,8 @@ class ColumnRunner:
         keeper = BestEpochKeeper(validation, self.plain_images, s) if validation is not None else None
         if keeper is not None:
             keeper.consider(embedding, 0)
-        labelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning", LossRecorder())
-        unlabelled_recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/fine-tuning-contrastive", LossRecorder())
+        labelled_recorder = self.recorders.setdefault(f"{column}/fine-tuning", LossRecorder())
+        unlabelled_recorder = self.recorders.setdefault(f"{column}/fine-tuning-contrastive", LossRecorder())
         seed = s.labelled_seed if s.labelled_seed is not None else 0
         for round_index in range(s.finetune_epochs):
             fit(
@@ -308,7 +343,7 @@ class ColumnRunner:
             if keeper is not None:
                 keeper.consider(embedding, round_index + 1)
         if keeper is not None:
-            self.chosen_epochs[SELF_SUPERVISED] = keeper.restore_best(embedding)
+            self.chosen_epochs[column] = keeper.restore_best(embedding)
         self._interpolate(embedding, starting_weights)
         return embedding
 

@@ -16,6 +16,7 @@ from torch import nn
 from ..data.tll import LABEL_TAG
 from ..engine.callback_base import Callback
 from ..evaluation import evaluate_pairs
+from .pseudo_pairs import is_pseudo_label
 from .settings import RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
@@ -23,6 +24,9 @@ logger = logging.getLogger("finetuner_selfsup")
 
 def split_validation(labelled, share: float) -> Tuple[Any, Optional[Tuple[Any, Any]]]:
     """Hold out the last ``share`` of the labelled pairs (by label, in sorted order).
+
+    Pseudo-pairs (:mod:`.pseudo_pairs`) are never held out: they are the model's guesses,
+    not labels to judge it by; they all stay in ``train``, and ``share`` counts real pairs.
 
     :return: ``(train, (validation_left, validation_right))``, or ``(labelled, None)`` for
         ``share == 0``. The two images of a pair are the documents sharing a label, the
@@ -32,7 +36,7 @@ def split_validation(labelled, share: float) -> Tuple[Any, Optional[Tuple[Any, A
 
     if share <= 0:
         return labelled, None
-    labels = sorted({doc.tags[LABEL_TAG] for doc in labelled})
+    labels = sorted({doc.tags[LABEL_TAG] for doc in labelled if not is_pseudo_label(doc.tags[LABEL_TAG])})
     held = max(2, round(share * len(labels)))
     if len(labels) - held < 2:
         raise ValueError(

@@ -32,6 +32,10 @@ pre-trained backbone:
   fine-tuning: rounds of one self-supervised epoch (model with its head, NT-Xent) and one
   labelled epoch (the embedding model sharing that backbone), as semi-supervised
   methods train both objectives together instead of one after the other;
+* ``pseudo-pairs`` -- self-training (:mod:`.pseudo_pairs`): the fine-tuned model pairs up
+  unlabelled left and right images (mutual nearest neighbours, the surest by margin
+  first), and the self-supervised model is fine-tuned afresh on the real and the pseudo
+  pairs together;
 * combinations of these, named by joining the names with ``+``.
 """
 from __future__ import annotations
@@ -62,6 +66,10 @@ class Recipe:
     #: weight of the fine-tuned weights in the final model, the rest from the weights the
     #: fine-tune started from (WiSE-FT); 1.0 keeps the fine-tuned model as it is
     interpolation: float = 1.0
+    #: self-training: after a first fine-tune, pair up unlabelled images (mutual nearest
+    #: neighbours, at most this share of the unlabelled left images) and fine-tune afresh
+    #: on real and pseudo-pairs; 0.0 is off
+    pseudo_pairs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.finetune_loss not in ("triplet", "contrastive"):
@@ -72,6 +80,8 @@ class Recipe:
             raise ValueError(f"validation_share must be in [0, 1), got {self.validation_share}")
         if not 0.0 < self.interpolation <= 1.0:
             raise ValueError(f"interpolation must be in (0, 1], got {self.interpolation}")
+        if not 0.0 <= self.pseudo_pairs <= 1.0:
+            raise ValueError(f"pseudo_pairs must be in [0, 1], got {self.pseudo_pairs}")
 
 
 _PARTS: Dict[str, Dict[str, object]] = {
@@ -82,6 +92,7 @@ _PARTS: Dict[str, Dict[str, object]] = {
     "semi-supervised": {"semi_supervised": True},
     "augmented": {"augmented_labels": True},
     "interpolated": {"interpolation": 0.75},
+    "pseudo-pairs": {"pseudo_pairs": 1.0},
 }
 
 TUTORIAL_RECIPE = Recipe("tutorial")

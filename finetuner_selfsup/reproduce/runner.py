@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -54,6 +54,19 @@ class TableResults:
 
     def metrics(self) -> Dict[str, Dict[str, float]]:
         return {name: column["metrics"] for name, column in self.columns.items()}
+
+
+def pseudo_pair_record(pairs: Sequence[Tuple[str, str, float]]) -> Dict[str, Any]:
+    """What a results file keeps of a pseudo-pair recipe's pairs: how many, and how many
+    are true pairs -- in a TLL folder the two images of a pair share a file name, which
+    the recipe never looks at, so it can be checked afterwards."""
+    correct = sum(Path(left).name == Path(right).name for left, right, _ in pairs)
+    return {
+        "made": len(pairs),
+        "correct": correct,
+        "precision": correct / len(pairs) if pairs else None,
+        "smallest_margin": min((margin for _, _, margin in pairs), default=None),
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -188,6 +201,8 @@ class TableRun:
             }
             if column in self.runner.chosen_epochs:
                 self.results.columns[column]["chosen_epoch"] = self.runner.chosen_epochs[column]
+            if column in self.runner.pseudo_pairs:
+                self.results.columns[column]["pseudo_pairs"] = pseudo_pair_record(self.runner.pseudo_pairs[column])
             self._save_curves()
             self.save()
         return self.results
