@@ -250,6 +250,14 @@ def test_pseudo_pairs_recipe_fine_tunes_afresh_on_real_and_matched_pairs(pairs, 
         Recipe("x", pseudo_pairs=1.5)
 
 
+def test_pseudo_pairs_recipe_refuses_unlabelled_images_without_a_side_before_training(tmp_path):
+    runner = ColumnRunner(TINY.replace(recipe="pseudo-pairs"), tmp_path)
+    unlabelled = DocumentArray([Document(id="loose", uri=str(tmp_path / "images" / "a.jpg"))])
+    with pytest.raises(ValueError, match="'loose'.*'left/' or 'right/'"):
+        runner.self_supervised(unlabelled, _labelled(4))
+    assert runner._self_supervised_model is None  # nothing was trained
+
+
 def test_cli_resolves_best_and_rejects_unknown_recipes_before_any_work():
     from finetuner_selfsup.cli import _settings, build_parser
 

@@ -470,6 +470,7 @@ def _shift_hue(
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+_HUE_OP = 3
 
 
 # the same four operations on one view, in place (the view-by-view CPU path): the same
@@ -499,7 +500,6 @@ def _hue_in_place(view: torch.Tensor, factor: float) -> None:
 
 
 _IN_PLACE_JITTER_OPS = (_brightness_in_place, _contrast_in_place, _saturation_in_place, _hue_in_place)
-_HUE_OP = 3
 #: the hue shift fused into one pass for single CPU views (:mod:`.compiled`): the most
 #: expensive step of the CPU pipeline in eager mode
 _compiled_hue = CompiledKernel(_shift_hue, "hue")

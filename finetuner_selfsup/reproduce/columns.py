@@ -38,7 +38,7 @@ from ..optim import LargeBatchRecipe, self_supervised_default
 from ..tailoring import to_embedding_model
 from .backbones import build_backbone, embedding_width
 from .early_stopping import BestEpochKeeper, split_validation
-from .pseudo_pairs import make_pseudo_pairs
+from .pseudo_pairs import check_sides, make_pseudo_pairs
 from .recipes import Recipe, get_recipe
 from .settings import RunSettings
 
@@ -146,6 +146,8 @@ class ColumnRunner:
         return self._finetune(self.backbone(), finetune_labelled, LABELS_ONLY)
 
     def self_supervised(self, pretrain_unlabelled, finetune_labelled) -> nn.Module:
+        if self.recipe.pseudo_pairs:
+            check_sides(pretrain_unlabelled)  # before any training, not after the first fine-tune
         tuned = copy.deepcopy(self.self_supervised_pretraining(pretrain_unlabelled))
         if self.recipe.pseudo_pairs:
             return self._pseudo_paired_finetune(tuned, pretrain_unlabelled, finetune_labelled)

@@ -61,6 +61,11 @@ def image_side(doc: Any) -> str:
     return side
 
 
+def check_sides(unlabelled: Sequence[Any]) -> List[str]:
+    """The side of every document (:func:`image_side`), raising for the first that has none."""
+    return [image_side(doc) for doc in unlabelled]
+
+
 def mutual_nearest_pairs(left: torch.Tensor, right: torch.Tensor) -> List[PseudoPair]:
     """Rows ``i`` of ``left`` and ``j`` of ``right`` that are each other's most similar
     (cosine), the surest first.
@@ -119,7 +124,7 @@ def make_pseudo_pairs(
 
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share of pseudo-pairs must be in (0, 1], got {share}")
-    sides = [image_side(doc) for doc in unlabelled]
+    sides = check_sides(unlabelled)
     left_docs = [doc for doc, side in zip(unlabelled, sides) if side == "left"]
     right_docs = [doc for doc, side in zip(unlabelled, sides) if side == "right"]
 
