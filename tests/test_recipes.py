@@ -147,6 +147,8 @@ def test_contrastive_and_early_stopping_recipes_run_and_record_the_kept_epoch(pa
     results = run.run([LABELS_ONLY])
     kept = results.columns[LABELS_ONLY]["chosen_epoch"]
     assert 0 <= kept <= TINY.finetune_epochs
+    expected = "the starting model (epoch 0)" if kept == 0 else f"epoch {kept}"
+    assert f"- {LABELS_ONLY}: early stopping kept {expected}" in (tmp_path / "results.md").read_text()
     losses = run.runner.recorders[f"{LABELS_ONLY}/fine-tuning"].losses
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     # NT-Xent over 4 pairs (8 images) starts near log(7), far above a triplet loss's margin
@@ -240,6 +242,8 @@ def test_pseudo_pairs_recipe_fine_tunes_afresh_on_real_and_matched_pairs(pairs, 
     assert len({left for left, _, _ in made}) == len({right for _, right, _ in made}) == len(made)
     record = run.results.columns[SELF_SUPERVISED]["pseudo_pairs"]
     assert record["made"] == len(made) and 0 <= record["correct"] <= len(made)
+    page = (tmp_path / "results.md").read_text()
+    assert f"- {SELF_SUPERVISED}: {len(made)} pseudo-pairs made from the unlabelled images, {record['correct']} of them true pairs" in page
     # two fine-tunes of the recipe's length: the pairing one on the labelled pairs only,
     # the final one on more pairs, so more batches per epoch
     pairing = run.runner.recorders[f"{PSEUDO_PAIRING}/fine-tuning"]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -115,10 +115,35 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
             metrics = results.columns[column]["metrics"]
             values = " | ".join(f"{metrics[n]:.3f}" for n in names)
             lines.append(f"| {column} | {values} | {results.columns[column]['wall_seconds']:.0f} |")
+    recipe_notes = _recipe_notes(results, order)
+    if recipe_notes:
+        lines += ["", "## What the recipe did", ""] + recipe_notes
     lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
     lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
     lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
+    """One line per column for what a recipe chose on its own: the epoch early stopping
+    kept, the pseudo-pairs made (and how many were true)."""
+    notes = []
+    for column in order:
+        record = results.columns[column]
+        if "chosen_epoch" in record:
+            epoch = record["chosen_epoch"]
+            kept = "the starting model (epoch 0)" if epoch == 0 else f"epoch {epoch}"
+            notes.append(f"- {column}: early stopping kept {kept}")
+        pairs = record.get("pseudo_pairs")
+        if pairs:
+            line = f"- {column}: {pairs['made']} pseudo-pairs made from the unlabelled images"
+            if pairs["made"]:
+                line += (
+                    f", {pairs['correct']} of them true pairs ({pairs['precision']:.0%}; checked "
+                    f"afterwards by file name, which the recipe does not use)"
+                )
+            notes.append(line)
+    return notes
 
 
 class TableRun:
