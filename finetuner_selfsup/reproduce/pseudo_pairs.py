@@ -24,7 +24,7 @@ from ..data.tll import LABEL_TAG
 from ..evaluation import embed_documents
 
 SIDES = ("left", "right")
-#: prefix of a pseudo-pair's label, so it can never equal a real pair's (a file name)
+#: prefix of a pseudo-pair's label, which sets it apart from real pairs' labels (file names)
 PSEUDO_LABEL_PREFIX = "pseudo-pair:"
 
 
