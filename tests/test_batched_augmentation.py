@@ -350,5 +350,5 @@ def test_cpu_normalisation_equals_one_broadcast_addcmul():
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     scale, shift = (1.0 / std).view(1, 3, 1, 1), (-mean / std).view(1, 3, 1, 1)
     out = torch.empty_like(views)
-    B._normalise_into(out, views, scale.flatten().tolist(), shift.flatten().tolist())
+    B._normalise_into(out, views, scale.flatten().tolist(), list(shift.flatten().unbind()))
     assert torch.equal(out, torch.addcmul(shift, views, scale))

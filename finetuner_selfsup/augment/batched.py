@@ -195,8 +195,8 @@ class BatchedSimCLRAugmentation:
             scale = (1.0 / std).view(1, 3, 1, 1)
             shift = (-mean / std).view(1, 3, 1, 1)
             if pixels.device.type == "cpu":
-                # per channel as Python floats: see _normalise_into
-                scale, shift = scale.flatten().tolist(), shift.flatten().tolist()
+                # per channel, scale as a Python float, shift as a 0-dim tensor: see _normalise_into
+                scale, shift = scale.flatten().tolist(), list(shift.flatten().unbind())
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             views = resized_crops(
@@ -249,15 +249,17 @@ class BatchedSimCLRAugmentation:
             views[index] = gaussian_blur_per_view(views[index], size, sigma[part])
 
 
-def _normalise_into(out: torch.Tensor, views: torch.Tensor, scale: List[float], shift: List[float]) -> None:
+def _normalise_into(
+    out: torch.Tensor, views: torch.Tensor, scale: List[float], shift: List[torch.Tensor]
+) -> None:
     """``out = views * scale + shift`` per channel (``(x - mean) / std``), CPU.
 
     The same numbers as ``torch.addcmul(shift, views, scale)`` with ``(1, 3, 1, 1)``
-    tensors (both round once, a fused multiply-add), at 2.5x its speed: broadcasting the
-    per-channel tensors takes torch's slow path, a channel plane with scalar factors the
-    vectorised one."""
+    tensors (both round once, a fused multiply-add), in one pass at 3x its speed:
+    broadcasting the per-channel tensors takes torch's slow path; a channel plane with
+    a 0-dim ``shift`` and a scalar ``alpha`` the vectorised one."""
     for channel in range(3):
-        out[:, channel].fill_(shift[channel]).add_(views[:, channel], alpha=scale[channel])
+        torch.add(shift[channel], views[:, channel], alpha=scale[channel], out=out[:, channel])
 
 
 def effective_blur_radius(sigma: torch.Tensor) -> torch.Tensor:
