@@ -352,3 +352,8 @@ def test_cpu_normalisation_equals_one_broadcast_addcmul():
     out = torch.empty_like(views)
     B._normalise_into(out, views, scale.flatten().tolist(), list(shift.flatten().unbind()))
     assert torch.equal(out, torch.addcmul(shift, views, scale))
+    stored = torch.empty_like(views)
+    B._view_storer((IMAGENET_MEAN, IMAGENET_STD), torch.device("cpu"))(stored, views)
+    assert torch.equal(stored, out)
+    B._view_storer(None, torch.device("cpu"))(stored, views)
+    assert torch.equal(stored, views)

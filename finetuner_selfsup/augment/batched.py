@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,8 @@ from .simclr import SimCLRAugmentation
 
 #: ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``
 _LUMA = (0.2989, 0.587, 0.114)
+#: a colour operation's strength: one number, or one per view as an ``(n, 1, 1, 1)`` tensor
+Factor = Union[float, torch.Tensor]
 #: how many random (area, ratio) draws torchvision tries before its centre-crop fallback
 _CROP_TRIES = 10
 
@@ -189,14 +191,7 @@ class BatchedSimCLRAugmentation:
         chunk = cpu_chunk_size(aug.height, aug.width) if pixels.device.type == "cpu" else max(n, 1)
         if pixels.dtype == torch.uint8 and pixels.device.type == "cpu":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        scale = shift = None
-        if normalize is not None:
-            mean, std = (torch.tensor(v, dtype=torch.float32, device=pixels.device) for v in normalize)
-            scale = (1.0 / std).view(1, 3, 1, 1)
-            shift = (-mean / std).view(1, 3, 1, 1)
-            if pixels.device.type == "cpu":
-                # per channel, scale as a Python float, shift as a 0-dim tensor: see _normalise_into
-                scale, shift = scale.flatten().tolist(), list(shift.flatten().unbind())
+        store = _view_storer(normalize, pixels.device)
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             views = resized_crops(
@@ -205,12 +200,7 @@ class BatchedSimCLRAugmentation:
                 flip=params.flip[rows],
             )
             views = self._recolour(views, _slice_params(params, rows))
-            if isinstance(scale, list):
-                _normalise_into(out[rows], views, scale, shift)  # normalised as it is stored
-            elif scale is not None:
-                torch.addcmul(shift, views, scale, out=out[rows])
-            else:
-                out[rows] = views
+            store(out[rows], views)  # normalised as it is stored
         self._blur(out, params)
         return out
 
@@ -249,15 +239,32 @@ class BatchedSimCLRAugmentation:
             views[index] = gaussian_blur_per_view(views[index], size, sigma[part])
 
 
+def _view_storer(
+    normalize: Optional[Tuple[Sequence[float], Sequence[float]]], device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``store(out, views)``: writes ``views`` into ``out``, normalised per channel as
+    ``(x - mean) / std = x * scale + shift`` when ``normalize`` is given.
+
+    On a GPU one broadcast ``addcmul``. On the CPU the same fused multiply-add per channel
+    plane, with a 0-dim ``shift`` and a scalar ``alpha`` (:func:`_normalise_into`): the same
+    bits, in one pass at 3x the speed of the broadcast, which takes torch's slow path there.
+    """
+    if normalize is None:
+        return lambda out, views: out.copy_(views)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in normalize)
+    scale = (1.0 / std).view(1, 3, 1, 1)
+    shift = (-mean / std).view(1, 3, 1, 1)
+    if device.type == "cpu":
+        return functools.partial(
+            _normalise_into, scale=scale.flatten().tolist(), shift=list(shift.flatten().unbind())
+        )
+    return lambda out, views: torch.addcmul(shift, views, scale, out=out)
+
+
 def _normalise_into(
     out: torch.Tensor, views: torch.Tensor, scale: List[float], shift: List[torch.Tensor]
 ) -> None:
-    """``out = views * scale + shift`` per channel (``(x - mean) / std``), CPU.
-
-    The same numbers as ``torch.addcmul(shift, views, scale)`` with ``(1, 3, 1, 1)``
-    tensors (both round once, a fused multiply-add), in one pass at 3x its speed:
-    broadcasting the per-channel tensors takes torch's slow path; a channel plane with
-    a 0-dim ``shift`` and a scalar ``alpha`` the vectorised one."""
+    """``out = views * scale + shift`` per channel plane (see :func:`_view_storer`)."""
     for channel in range(3):
         torch.add(shift[channel], views[:, channel], alpha=scale[channel], out=out[:, channel])
 
@@ -388,34 +395,37 @@ def _gray(views: torch.Tensor) -> torch.Tensor:
 
 
 def _gray_in_place(view: torch.Tensor) -> None:
-    """One ``(3, h, w)`` view made grayscale in place (all three channels the luma): the
-    numbers of ``_gray`` without gathering and scattering the view."""
-    r, g, b = view.unbind(0)
-    luma = _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
-    view.copy_(luma.unsqueeze(0).expand_as(view))
+    """One ``(3, h, w)`` view made grayscale in place (all three channels the luma):
+    :func:`_gray` without gathering and scattering the view."""
+    view.copy_(_gray(view.unsqueeze(0))[0].expand_as(view))
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+# The colour operations take an optional ``out``: the view-by-view CPU path passes the view
+# itself (``out=view``), so each step works in place, with no new image per step and no copy
+# back at the end; the grouped path gets new images. The same arithmetic either way.
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: Factor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """torchvision's ``_blend``: ``factor * a + (1 - factor) * b``, clamped to [0, 1]
     (as one ``lerp``: the same value to float32 rounding, one pass instead of three)."""
     if not isinstance(factor, torch.Tensor):
         factor = float(factor)
-    return torch.lerp(b.expand_as(a), a, factor).clamp_(0.0, 1.0)
+    return torch.lerp(b.expand_as(a), a, factor, out=out).clamp_(0.0, 1.0)
 
 
-def _brightness(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (views * factor).clamp_(0.0, 1.0)
+def _brightness(views: torch.Tensor, factor: Factor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return torch.mul(views, factor, out=out).clamp_(0.0, 1.0)
 
 
-def _contrast(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _contrast(views: torch.Tensor, factor: Factor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     # the mean of the grayscale image, from the channel means (the same number, one pass)
     channel_means = views.mean(dim=(-2, -1))
     mean = (channel_means * channel_means.new_tensor(_LUMA)).sum(dim=1).view(-1, 1, 1, 1)
-    return _blend(views, mean, factor)
+    return _blend(views, mean, factor, out=out)
 
 
-def _saturation(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(views, _gray(views), factor)
+def _saturation(views: torch.Tensor, factor: Factor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return _blend(views, _gray(views), factor, out=out)
 
 
 #: per output channel (R, G, B): the fully saturated colour of hue ``h6`` (in sixths of a
@@ -436,7 +446,7 @@ def _hue_tents(device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, 
     )
 
 
-def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _hue(views: torch.Tensor, factor: Factor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """torchvision's ``adjust_hue``: to HSV, shift the hue by ``factor`` turns, back to RGB.
 
     The same numbers as torchvision's ``_rgb_to_hsv`` -> shift -> ``_hsv_to_rgb`` (to
@@ -446,7 +456,8 @@ def _hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     (``torch.remainder`` and the saturation's division cost several times more per pixel
     on the CPU).
     """
-    return _shift_hue(views, factor, *_hue_tents(views.device, views.dtype))
+    shifted = _shift_hue(views, factor, *_hue_tents(views.device, views.dtype))
+    return shifted if out is None else out.copy_(shifted)
 
 
 def _shift_hue(
@@ -474,34 +485,6 @@ def _shift_hue(
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 _HUE_OP = 3
 
-
-# the same four operations on one view, in place (the view-by-view CPU path): the same
-# numbers as the functions above, without a new image per step and a copy back at the end
-
-
-def _brightness_in_place(view: torch.Tensor, factor: float) -> None:
-    view.mul_(factor).clamp_(0.0, 1.0)
-
-
-def _blend_in_place(view: torch.Tensor, other: torch.Tensor, factor: float) -> None:
-    torch.lerp(other.expand_as(view), view, factor, out=view).clamp_(0.0, 1.0)
-
-
-def _contrast_in_place(view: torch.Tensor, factor: float) -> None:
-    channel_means = view.mean(dim=(-2, -1))
-    mean = (channel_means * channel_means.new_tensor(_LUMA)).sum(dim=1).view(-1, 1, 1, 1)
-    _blend_in_place(view, mean, factor)
-
-
-def _saturation_in_place(view: torch.Tensor, factor: float) -> None:
-    _blend_in_place(view, _gray(view), factor)
-
-
-def _hue_in_place(view: torch.Tensor, factor: float) -> None:
-    view.copy_(_hue(view, factor))
-
-
-_IN_PLACE_JITTER_OPS = (_brightness_in_place, _contrast_in_place, _saturation_in_place, _hue_in_place)
 #: the hue shift fused into one pass for single CPU views (:mod:`.compiled`): the most
 #: expensive step of the CPU pipeline in eager mode
 _compiled_hue = CompiledKernel(_shift_hue, "hue")
@@ -536,7 +519,7 @@ def _color_jitter_view_by_view(views, apply, factors, order):
                 tents = _hue_tents(view.device, view.dtype)
                 view.copy_(_compiled_hue(view, factors[k, _HUE_OP].clone(), *tents))
             else:
-                _IN_PLACE_JITTER_OPS[op_index](view, factor_rows[k][op_index])
+                _JITTER_OPS[op_index](view, factor_rows[k][op_index], out=view)
     return views
 
 
