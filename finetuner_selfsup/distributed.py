@@ -171,13 +171,10 @@ class ShardedBatchSampler:
 def all_gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """Rows of ``tensor`` from every rank, in rank order, and the offset of this rank's rows.
 
-    Gradients flow back to every rank's own rows (``torch.distributed.nn``'s all_gather
-    sums the gradients of each piece across ranks in the backward pass). Ranks may hold
+    Gradients flow back to every rank's own rows (:class:`_GatherPieces`). Ranks may hold
     different numbers of rows: pieces are padded to the largest for the collective and
     trimmed after it.
     """
-    from torch.distributed.nn.functional import all_gather
-
     rows = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, rows)
@@ -187,9 +184,34 @@ def all_gather_with_grad(tensor: torch.Tensor) -> Tuple[torch.Tensor, int]:
     if tensor.shape[0] < longest:
         padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
         padded = torch.cat([tensor, padding])
-    pieces = all_gather(padded)
+    pieces = _GatherPieces.apply(padded)
     gathered = torch.cat([piece[:count] for piece, count in zip(pieces, counts)])
     return gathered, sum(counts[: dist.get_rank()])
+
+
+class _GatherPieces(torch.autograd.Function):
+    """``dist.all_gather`` of equal-shaped pieces that gradients can flow back through.
+
+    Every rank's loss depends on every piece, so the gradient of this rank's piece is the
+    sum over ranks of their gradients for it: an ``all_reduce`` of the stacked gradients,
+    of which each rank keeps its own row (a few kilobytes of embeddings per step, so the
+    simplest collective that every backend has, gloo included). The same result as
+    ``torch.distributed.nn.functional.all_gather``, which torch 2.14 deprecates in favour
+    of a private module.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, piece: torch.Tensor) -> Tuple[torch.Tensor, ...]:  # type: ignore[override]
+        piece = piece.contiguous()
+        pieces = [torch.empty_like(piece) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, piece)
+        return tuple(pieces)
+
+    @staticmethod
+    def backward(ctx: Any, *piece_gradients: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        summed = torch.stack(piece_gradients).contiguous()
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
