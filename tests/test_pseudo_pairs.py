@@ -9,6 +9,7 @@ from torch import nn
 from finetuner_selfsup.data.tll import LABEL_TAG
 from finetuner_selfsup.reproduce.pseudo_pairs import (
     PSEUDO_LABEL_PREFIX,
+    assigned_pairs,
     image_side,
     make_pseudo_pairs,
     mutual_nearest_pairs,
@@ -34,6 +35,34 @@ def test_mutual_nearest_pairs_keeps_only_pairs_that_choose_each_other_surest_fir
     assert mutual_nearest_pairs(left[:0], right) == []
     single = mutual_nearest_pairs(left[:1], right[1:2])
     assert [(p.left, p.right) for p in single] == [(0, 0)] and single[0].margin == pytest.approx(single[0].similarity)
+
+
+def test_assigned_pairs_is_the_one_to_one_pairing_of_largest_total_similarity():
+    # the matrix of the test above: mutual neighbours pair only two left images, the
+    # assignment pairs all three; right 2 is opposite to both left 1 (cos -0.83) and
+    # left 2 (-0.71), so left 2 takes it and left 1 gets right 0 (0.989, against 0.999
+    # for left 2): 0.989 - 0.707 = 0.28 beats 0.999 - 0.832 = 0.17
+    left = torch.tensor([[0.0, 1.0], [1.0, 0.2], [1.0, 0.0]])
+    right = torch.tensor([[1.0, 0.05], [0.1, 1.0], [-1.0, -1.0]])
+    pairs = assigned_pairs(left, right)
+    assert sorted((p.left, p.right) for p in pairs) == [(0, 1), (1, 0), (2, 2)]
+    # against every one-to-one pairing of random 5 x 5 embeddings
+    import itertools
+
+    generator = torch.Generator().manual_seed(0)
+    left, right = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    cos = torch.nn.functional.normalize(left, dim=1) @ torch.nn.functional.normalize(right, dim=1).T
+    best = max(itertools.permutations(range(5)), key=lambda perm: float(sum(cos[i, j] for i, j in enumerate(perm))))
+    pairs = assigned_pairs(left, right)
+    assert sorted((p.left, p.right) for p in pairs) == list(enumerate(best))
+    # margins: similarity minus the best other similarity of either image; surest first
+    for p in pairs:
+        others = torch.cat([cos[p.left, :p.right], cos[p.left, p.right + 1:], cos[:p.left, p.right], cos[p.left + 1:, p.right]])
+        assert p.margin == pytest.approx(float(cos[p.left, p.right] - others.max()))
+        assert p.similarity == pytest.approx(float(cos[p.left, p.right]))
+    assert [p.margin for p in pairs] == sorted((p.margin for p in pairs), reverse=True)
+    # unequal sides: every image of the smaller side gets a partner
+    assert len(assigned_pairs(left[:3], right)) == 3 and assigned_pairs(left[:0], right) == []
 
 
 def test_image_side_is_the_folder_and_other_layouts_are_refused_by_name():
@@ -69,9 +98,10 @@ def _image(doc):
 COLOURS = [(1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.1, 0.1, 1.0), (0.6, 0.6, 0.1)]
 
 
-def test_make_pseudo_pairs_labels_matched_copies_and_leaves_the_originals_alone():
+@pytest.mark.parametrize("matching", ["mutual", "assignment"])
+def test_make_pseudo_pairs_labels_matched_copies_and_leaves_the_originals_alone(matching):
     unlabelled = _unlabelled(COLOURS)
-    documents, matches = make_pseudo_pairs(_MeanColour(), unlabelled, _image, share=1.0)
+    documents, matches = make_pseudo_pairs(_MeanColour(), unlabelled, _image, share=1.0, matching=matching)
     assert sorted((left.id, right.id) for left, right, _ in matches) == [(f"L{i}", f"R{i}") for i in range(4)]
     assert len(documents) == 8
     labels = {}
@@ -91,6 +121,8 @@ def test_make_pseudo_pairs_keeps_the_most_similar_share():
     assert margins == sorted(margins, reverse=True)
     with pytest.raises(ValueError, match="share"):
         make_pseudo_pairs(_MeanColour(), unlabelled, _image, share=0.0)
+    with pytest.raises(ValueError, match="matching must be 'mutual' or 'assignment', got 'greedy'"):
+        make_pseudo_pairs(_MeanColour(), unlabelled, _image, share=1.0, matching="greedy")
 
 
 def test_pseudo_pair_record_counts_true_pairs_by_file_name():

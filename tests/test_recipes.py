@@ -34,7 +34,7 @@ def pairs(tmp_path_factory):
 def test_recipe_names_and_combinations():
     assert recipe_names() == (
         "tutorial", "head-layer", "contrastive", "frozen-stem", "early-stopping", "semi-supervised",
-        "augmented", "interpolated", "pseudo-pairs",
+        "augmented", "interpolated", "pseudo-pairs", "assigned-pairs",
     )
     assert get_recipe("tutorial") == Recipe("tutorial")
     combined = get_recipe("contrastive+early-stopping")
@@ -252,6 +252,19 @@ def test_pseudo_pairs_recipe_fine_tunes_afresh_on_real_and_matched_pairs(pairs, 
     assert len(final.losses) > len(pairing.losses)
     with pytest.raises(ValueError, match="pseudo_pairs"):
         Recipe("x", pseudo_pairs=1.5)
+
+
+def test_assigned_pairs_recipe_pairs_every_unlabelled_image_one_to_one(pairs, tmp_path):
+    assert get_recipe("assigned-pairs").pseudo_pair_matching == "assignment"
+    run = TableRun(TINY.replace(recipe="assigned-pairs"), pairs, tmp_path)
+    run.run([SELF_SUPERVISED])
+    made = run.runner.pseudo_pairs[SELF_SUPERVISED]
+    lefts = {doc.uri for doc in run.ssl_split.pretrain if "/left/" in doc.uri}
+    rights = {doc.uri for doc in run.ssl_split.pretrain if "/right/" in doc.uri}
+    assert {left for left, _, _ in made} == lefts and {right for _, right, _ in made} == rights
+    assert [margin for _, _, margin in made] == sorted((margin for _, _, margin in made), reverse=True)
+    with pytest.raises(ValueError, match="pseudo_pair_matching"):
+        Recipe("x", pseudo_pairs=1.0, pseudo_pair_matching="greedy")
 
 
 def test_pseudo_pairs_recipe_refuses_unlabelled_images_without_a_side_before_training(tmp_path):

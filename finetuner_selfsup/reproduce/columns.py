@@ -260,7 +260,7 @@ class ColumnRunner:
     def _pseudo_paired_finetune(self, model: nn.Module, pretrain_unlabelled, finetune_labelled) -> nn.Module:
         """Self-training (:mod:`.pseudo_pairs`): a copy of the self-supervised model is
         fine-tuned as the rest of the recipe says; it pairs up unlabelled left and right
-        images (mutual nearest neighbours); the self-supervised model is then fine-tuned
+        images (mutual nearest neighbours, or a one-to-one assignment); the self-supervised model is then fine-tuned
         afresh, the same way, on the real and the pseudo-pairs together. The kept pairs
         are recorded in :attr:`pseudo_pairs`."""
         from docarray import DocumentArray
@@ -271,11 +271,11 @@ class ColumnRunner:
         )
         documents, matches = make_pseudo_pairs(
             pairing, pretrain_unlabelled, self.plain_images, self.recipe.pseudo_pairs,
-            batch_size=s.eval_batch_size, device=s.device,
+            matching=self.recipe.pseudo_pair_matching, batch_size=s.eval_batch_size, device=s.device,
         )
         self.pseudo_pairs[SELF_SUPERVISED] = [(left.uri, right.uri, margin) for left, right, margin in matches]
-        logger.info("pseudo-pairs: %d mutual nearest neighbours kept of %d unlabelled images",
-                    len(matches), len(pretrain_unlabelled))
+        logger.info("pseudo-pairs: %d pairs (%s matching) made of %d unlabelled images",
+                    len(matches), self.recipe.pseudo_pair_matching, len(pretrain_unlabelled))
         labelled = DocumentArray(list(finetune_labelled) + list(documents))
         return self._self_supervised_finetune(model, pretrain_unlabelled, labelled, SELF_SUPERVISED)
 

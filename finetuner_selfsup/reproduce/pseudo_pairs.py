@@ -7,7 +7,11 @@ set are left and right images whose pairing is unknown. After the fine-tune, eve
 unlabelled left image is matched with the unlabelled right images by cosine similarity of
 the fine-tuned embeddings; a left and a right image that are each other's nearest
 neighbour (*mutual* nearest neighbours, a much surer match than a one-sided one) become a
-pseudo-pair, those that beat their runners-up by the widest margin first.
+pseudo-pair, those that beat their runners-up by the widest margin first. Or
+(``matching='assignment'``, the ``assigned-pairs`` recipe) every unlabelled left image is
+paired: the one-to-one pairing with the largest total similarity, which on the fonts
+proxy held 1.8x the true pairs of the mutual neighbours (at 44-46 % against 58-60 % of
+all pairs made) -- TLL's unlabelled part, like the proxies', is made of whole pairs.
 
 The side of an image is the folder it lies in (``left/`` or ``right/``, the TLL layout);
 file names are never looked at -- in TLL's layout they would give the pairing away.
@@ -79,9 +83,7 @@ def mutual_nearest_pairs(left: torch.Tensor, right: torch.Tensor) -> List[Pseudo
     """
     if left.shape[0] == 0 or right.shape[0] == 0:
         return []
-    left = torch.nn.functional.normalize(left.to(torch.float32), dim=1)
-    right = torch.nn.functional.normalize(right.to(torch.float32), dim=1)
-    similarity = left @ right.T
+    similarity = _cosine_similarity(left, right)
     best_right = similarity.argmax(dim=1)
     best_left = similarity.argmax(dim=0)
     runner_up_of_left = _second_largest(similarity, dim=1)
@@ -94,6 +96,41 @@ def mutual_nearest_pairs(left: torch.Tensor, right: torch.Tensor) -> List[Pseudo
         margin = min(value - float(runner_up_of_left[i]), value - float(runner_up_of_right[j]))
         pairs.append(PseudoPair(i, j, value, margin))
     return sorted(pairs, key=lambda pair: -pair.margin)
+
+
+def assigned_pairs(left: torch.Tensor, right: torch.Tensor) -> List[PseudoPair]:
+    """The one-to-one pairing of ``left`` and ``right`` rows with the largest total cosine
+    similarity (the linear assignment problem, solved exactly by
+    ``scipy.optimize.linear_sum_assignment``), the surest first.
+
+    Every image of the smaller side gets a partner -- about twice the pairs mutual nearest
+    neighbours give, at a lower share of true pairs. Sureness is the margin of
+    :func:`mutual_nearest_pairs` (here it can be negative: an assigned partner need not be
+    either image's most similar).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if left.shape[0] == 0 or right.shape[0] == 0:
+        return []
+    similarity = _cosine_similarity(left, right)
+    rows, columns = (torch.as_tensor(a) for a in linear_sum_assignment(similarity.numpy(), maximize=True))
+    values = similarity[rows, columns]
+    # each image's best other match: its row (column) without the assigned entry
+    others = similarity.index_put((rows, columns), torch.tensor(float("-inf")))
+    runner_up_of_left = others.max(dim=1).values[rows] if right.shape[0] > 1 else torch.zeros_like(values)
+    runner_up_of_right = others.max(dim=0).values[columns] if left.shape[0] > 1 else torch.zeros_like(values)
+    margins = values - torch.maximum(runner_up_of_left, runner_up_of_right)
+    pairs = [
+        PseudoPair(i, j, value, margin)
+        for i, j, value, margin in zip(rows.tolist(), columns.tolist(), values.tolist(), margins.tolist())
+    ]
+    return sorted(pairs, key=lambda pair: -pair.margin)
+
+
+def _cosine_similarity(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    left = torch.nn.functional.normalize(left.to(torch.float32), dim=1)
+    right = torch.nn.functional.normalize(right.to(torch.float32), dim=1)
+    return left @ right.T
 
 
 def _second_largest(values: torch.Tensor, dim: int) -> torch.Tensor:
@@ -109,13 +146,16 @@ def make_pseudo_pairs(
     preprocess_fn: Callable[[Any], Any],
     share: float,
     *,
+    matching: str = "mutual",
     batch_size: int = 64,
     device: str = "cpu",
 ) -> Tuple[Any, List[Tuple[Any, Any, float]]]:
     """Labelled copies of matched unlabelled images, for a fine-tune beside the real pairs.
 
-    :param share: keep at most ``share`` x (number of unlabelled left images) pairs, the
-        mutual nearest neighbours of largest margin (:func:`mutual_nearest_pairs`).
+    :param share: keep at most ``share`` x (number of unlabelled left images) pairs, those
+        of largest margin.
+    :param matching: ``'mutual'`` (:func:`mutual_nearest_pairs`) or ``'assignment'``
+        (:func:`assigned_pairs`).
     :return: ``(documents, matches)``: new documents (id and uri of the originals, a
         ``pseudo-pair:<left id>`` label on both images of a pair; the originals are not
         touched) and, per kept pair, ``(left document, right document, margin)``.
@@ -133,7 +173,11 @@ def make_pseudo_pairs(
             docs, model, preprocess_fn=preprocess_fn, batch_size=batch_size, device=device, progress=False
         )
 
-    pairs = mutual_nearest_pairs(embed(left_docs), embed(right_docs))
+    matchers = {"mutual": mutual_nearest_pairs, "assignment": assigned_pairs}
+    if matching not in matchers:
+        raise ValueError(f"matching must be 'mutual' or 'assignment', got {matching!r}")
+    match = matchers[matching]
+    pairs = match(embed(left_docs), embed(right_docs))
     pairs = pairs[: int(share * len(left_docs))]
     documents = DocumentArray()
     matches = []
