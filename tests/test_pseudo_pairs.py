@@ -1,6 +1,8 @@
 """Pseudo-pairs (the ``pseudo-pairs`` recipe): matching unlabelled left and right images."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from docarray import Document, DocumentArray
@@ -47,8 +49,6 @@ def test_assigned_pairs_is_the_one_to_one_pairing_of_largest_total_similarity():
     pairs = assigned_pairs(left, right)
     assert sorted((p.left, p.right) for p in pairs) == [(0, 1), (1, 0), (2, 2)]
     # against every one-to-one pairing of random 5 x 5 embeddings
-    import itertools
-
     generator = torch.Generator().manual_seed(0)
     left, right = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
     cos = torch.nn.functional.normalize(left, dim=1) @ torch.nn.functional.normalize(right, dim=1).T

@@ -74,28 +74,21 @@ def mutual_nearest_pairs(left: torch.Tensor, right: torch.Tensor) -> List[Pseudo
     """Rows ``i`` of ``left`` and ``j`` of ``right`` that are each other's most similar
     (cosine), the surest first.
 
-    Sureness is the *margin*: how much more similar ``i`` and ``j`` are than either is
-    to its second most similar image (Lowe's ratio test, as a difference of cosines). It
-    ranks true pairs far better than the similarity itself: on the proxies' unlabelled
-    images, the 50 mutual pairs of largest margin were 76-96 % true pairs, the 50 most
-    similar 56-66 % (docs page "Label efficiency"). With a single image on a side the
-    margin is the similarity.
+    Sureness is the *margin* (:func:`_ranked_pairs`): how much more similar ``i`` and ``j``
+    are than either is to its second most similar image (Lowe's ratio test, as a
+    difference of cosines). It ranks true pairs far better than the similarity itself: on
+    the proxies' unlabelled images, the 50 mutual pairs of largest margin were 76-96 % true
+    pairs, the 50 most similar 56-66 % (docs page "Label efficiency"). With a single image
+    on a side the margin is the similarity.
     """
     if left.shape[0] == 0 or right.shape[0] == 0:
         return []
     similarity = _cosine_similarity(left, right)
     best_right = similarity.argmax(dim=1)
     best_left = similarity.argmax(dim=0)
-    runner_up_of_left = _second_largest(similarity, dim=1)
-    runner_up_of_right = _second_largest(similarity, dim=0)
-    pairs = []
-    for i, j in enumerate(best_right.tolist()):
-        if int(best_left[j]) != i:
-            continue
-        value = float(similarity[i, j])
-        margin = min(value - float(runner_up_of_left[i]), value - float(runner_up_of_right[j]))
-        pairs.append(PseudoPair(i, j, value, margin))
-    return sorted(pairs, key=lambda pair: -pair.margin)
+    rows = torch.arange(left.shape[0])
+    mutual = best_left[best_right] == rows
+    return _ranked_pairs(similarity, rows[mutual], best_right[mutual])
 
 
 def assigned_pairs(left: torch.Tensor, right: torch.Tensor) -> List[PseudoPair]:
@@ -113,18 +106,8 @@ def assigned_pairs(left: torch.Tensor, right: torch.Tensor) -> List[PseudoPair]:
     if left.shape[0] == 0 or right.shape[0] == 0:
         return []
     similarity = _cosine_similarity(left, right)
-    rows, columns = (torch.as_tensor(a) for a in linear_sum_assignment(similarity.numpy(), maximize=True))
-    values = similarity[rows, columns]
-    # each image's best other match: its row (column) without the assigned entry
-    others = similarity.index_put((rows, columns), torch.tensor(float("-inf")))
-    runner_up_of_left = others.max(dim=1).values[rows] if right.shape[0] > 1 else torch.zeros_like(values)
-    runner_up_of_right = others.max(dim=0).values[columns] if left.shape[0] > 1 else torch.zeros_like(values)
-    margins = values - torch.maximum(runner_up_of_left, runner_up_of_right)
-    pairs = [
-        PseudoPair(i, j, value, margin)
-        for i, j, value, margin in zip(rows.tolist(), columns.tolist(), values.tolist(), margins.tolist())
-    ]
-    return sorted(pairs, key=lambda pair: -pair.margin)
+    rows, columns = linear_sum_assignment(similarity.numpy(), maximize=True)
+    return _ranked_pairs(similarity, torch.as_tensor(rows), torch.as_tensor(columns))
 
 
 def _cosine_similarity(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -133,11 +116,23 @@ def _cosine_similarity(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return left @ right.T
 
 
-def _second_largest(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """The second largest entry along ``dim`` (0 where there is only one)."""
-    if values.shape[dim] < 2:
-        return torch.zeros(values.shape[1 - dim])
-    return values.topk(2, dim=dim).values.select(dim, 1)
+def _ranked_pairs(similarity: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> List[PseudoPair]:
+    """The pairs ``(rows[k], columns[k])`` (each row and column at most once), largest
+    margin first. A pair's margin is its similarity less the larger of its two runners-up:
+    the left image's best other right image and the right image's best other left image
+    (0 where a side has no other image). In float64, the cosines being float32."""
+    values = similarity[rows, columns]
+    # each image's best other match: its row (column) without the pair's own entry
+    others = similarity.index_put((rows, columns), torch.tensor(float("-inf")))
+    no_other = torch.zeros_like(values)
+    runner_up_of_left = others.max(dim=1).values[rows] if similarity.shape[1] > 1 else no_other
+    runner_up_of_right = others.max(dim=0).values[columns] if similarity.shape[0] > 1 else no_other
+    margins = values.double() - torch.maximum(runner_up_of_left, runner_up_of_right).double()
+    pairs = [
+        PseudoPair(i, j, value, margin)
+        for i, j, value, margin in zip(rows.tolist(), columns.tolist(), values.tolist(), margins.tolist())
+    ]
+    return sorted(pairs, key=lambda pair: -pair.margin)
 
 
 def make_pseudo_pairs(
