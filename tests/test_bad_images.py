@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -347,13 +346,11 @@ def test_normal_size_images_are_not_changed_by_the_hint(tmp_path, size):
 def test_large_jpeg_is_drafted_without_bomb_warning(big_jpeg, phase):
     pre = vision_preprocessor(224, 224, phase=phase, cache_bytes=0)
     doc = Document(id="doc-big", uri=big_jpeg)
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = pre.load_image(doc)
         out = pre(doc)
-    assert time.perf_counter() - start < 10  # a full decode + resize is far slower
-    # decoded at 1/8 scale: short side 1250 >= the hint 1024
+    # decoded at 1/8 scale (the draft, not a full decode and resize): short side 1250 >= the hint 1024
     assert image.shape == (3, BIG_SIDE // 8, BIG_SIDE // 8) and image.dtype == torch.uint8
     assert np.abs(image[:, 600, 600].numpy().astype(int) - BIG_COLOUR).max() < 8
     assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
