@@ -50,6 +50,24 @@ def test_all_columns_then_resume_without_recomputing(pairs, tmp_path):
     assert saved["settings"]["model"] == "resnet18" and "torch" in saved["environment"]["packages"]
     markdown = (tmp_path / "results.md").read_text()
     assert "| hit@1  |" in markdown and SELF_SUPERVISED in markdown
+
+    # every query's partner rank is kept, and agrees with the metrics
+    queries = [doc.uri.split("/")[-1] for doc in run.ssl_split.eval_left]
+    for name, column in saved["columns"].items():
+        ranks = column["ranks"]
+        assert sorted(ranks) == sorted(queries) and all(1 <= rank <= 6 for rank in ranks.values()), name
+        for k in (1, 5):
+            assert column["metrics"][f"hit@{k}"] == pytest.approx(sum(r <= k for r in ranks.values()) / 6), name
+    # results.md lists the self-supervision column's worst queries with every column's rank
+    hardest = markdown.split("## Hardest queries")[1].split("\n## ")[0]
+    rows = [line for line in hardest.splitlines() if line.startswith("| ") and not line.startswith("| query")]
+    worst_first = sorted(saved["columns"][SELF_SUPERVISED]["ranks"].items(), key=lambda item: (-item[1], item[0]))
+    assert [row.split(" | ")[0][2:] for row in rows] == [query for query, _ in worst_first]  # 6 < 10: all
+    header = next(line for line in hardest.splitlines() if line.startswith("| query"))
+    assert header == "| query | " + " | ".join(COLUMNS) + " |"
+    query, _ = worst_first[0]
+    expected = " | ".join(str(saved["columns"][column]["ranks"][query]) for column in COLUMNS)
+    assert rows[0] == f"| {query} | {expected} |"
     for curve in (tmp_path / "curves").glob("*.png"):
         Image.open(curve).verify()
     assert len(list((tmp_path / "curves").glob("*.png"))) == 4  # the five columns have four fits
@@ -159,3 +177,26 @@ def test_projection_head_initialisation_does_not_depend_on_what_ran_before(tmp_p
     torch.rand(1000)  # e.g. another column trained first
     second = runner._with_head().state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_hardest_queries_lists_the_worst_ten_and_tolerates_columns_without_ranks():
+    from finetuner_selfsup.reproduce.columns import SUPERVISED
+    from finetuner_selfsup.reproduce.runner import TableResults, render_markdown
+
+    ssl_ranks = {f"{i:05d}.jpg": 1 + (i * 7) % 30 for i in range(30)}  # ranks 1..30, each once
+    results = TableResults(settings={}, data={"eval_queries": 30}, environment={})
+    results.columns[SUPERVISED] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0}  # an older file: no ranks
+    page = render_markdown(results, (1,), "t", "c")
+    assert "## Hardest queries" not in page  # no self-supervision ranks yet
+    results.columns[SELF_SUPERVISED] = {"metrics": {"hit@1": 0.1}, "wall_seconds": 1.0, "ranks": ssl_ranks}
+    results.columns[LABELS_ONLY] = {
+        "metrics": {"hit@1": 0.0}, "wall_seconds": 1.0, "ranks": {query: 30 for query in ssl_ranks},
+    }
+    page = render_markdown(results, (1,), "t", "c")
+    section = page.split("## Hardest queries")[1].split("\n## ")[0]
+    assert "1 = first of 30" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 0")]
+    worst = sorted(ssl_ranks, key=lambda query: -ssl_ranks[query])[:10]
+    assert [row.split(" | ")[0][2:] for row in rows] == worst
+    assert rows[0] == f"| {worst[0]} | 30 | 30 |"  # only the columns that have ranks
+    assert f"| query | {SELF_SUPERVISED} | {LABELS_ONLY} |" in section

@@ -3,7 +3,9 @@
 Output folder layout::
 
     results.json            settings, data, versions, hardware, and each finished column
-    results.md              the same as Markdown, table in the tutorial's format
+                            (metrics, and the rank of every query's partner)
+    results.md              the same as Markdown, table in the tutorial's format, and the
+                            queries the self-supervision column ranked worst
     models/<column>.pt      final weights of each column's model (state_dict)
     checkpoints/            per-epoch checkpoint of the self-supervised stage
     curves/<column>--<stage>.png   training loss of every fit
@@ -27,7 +29,14 @@ import torch
 from torch import nn
 
 from ..data import load_tll, split_self_supervised, split_supervised
-from ..evaluation import embed_documents, evaluate_pairs, format_table, pair_keys_to_partner, top_k
+from ..evaluation import (
+    document_key,
+    embed_documents,
+    evaluate_pairs,
+    format_table,
+    pair_keys_to_partner,
+    top_k,
+)
 from .columns import (
     COLUMNS,
     LABELS_ONLY,
@@ -118,6 +127,9 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
     recipe_notes = _recipe_notes(results, order)
     if recipe_notes:
         lines += ["", "## What the recipe did", ""] + recipe_notes
+    hardest = _hardest_queries(results, order)
+    if hardest:
+        lines += ["", "## Hardest queries", ""] + hardest
     lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
     lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
     lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
@@ -144,6 +156,37 @@ def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
                 )
             notes.append(line)
     return notes
+
+
+#: how many queries results.md lists under "Hardest queries"
+HARDEST_QUERIES = 10
+
+
+def _hardest_queries(results: TableResults, order: Sequence[str], limit: int = HARDEST_QUERIES) -> List[str]:
+    """The queries whose partner the self-supervision column ranked lowest, with the rank
+    under every column -- which pairs the few labels and the unlabelled images did not
+    teach, and whether full supervision found them (pairs of that kind are the ones worth
+    covering among the labels). Empty before the self-supervision column has ranks."""
+    ranks = {column: results.columns[column].get("ranks") for column in order}
+    ranks = {column: by_query for column, by_query in ranks.items() if by_query}
+    if SELF_SUPERVISED not in ranks:
+        return []
+    worst = sorted(ranks[SELF_SUPERVISED].items(), key=lambda item: (-item[1], item[0]))[:limit]
+    columns = list(ranks)
+    lines = [
+        f"The {len(worst)} queries whose partner '{SELF_SUPERVISED}' ranked lowest, and the "
+        f"partner's rank under every column (1 = first of {results.data.get('eval_queries', '?')}; "
+        "every query's rank is in results.json). One that full supervision ('fine-tuned') "
+        "finds and self-supervision does not is the kind of pair worth covering among the "
+        "few labelled ones.",
+        "",
+        "| query | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for query, _ in worst:
+        cells = " | ".join(str(ranks[column].get(query, "-")) for column in columns)
+        lines.append(f"| {query} | {cells} |")
+    return lines
 
 
 class TableRun:
@@ -221,6 +264,11 @@ class TableRun:
             result = self.evaluate(model)
             self.results.columns[column] = {
                 "metrics": result.metrics,
+                # each query's partner rank, by the query's file name (the pair's key)
+                "ranks": {
+                    document_key(doc): int(rank)
+                    for doc, rank in zip(self.ssl_split.eval_left, result.ranks.tolist())
+                },
                 "wall_seconds": time.perf_counter() - started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
