@@ -55,15 +55,17 @@ ROWS = (
 )
 
 
-def make_data(name: str, root: Path, pairs: int) -> Path:
+def make_data(name: str, root: Path, pairs: int, seed: int = 0) -> Path:
+    """The proxy ``name`` in ``root``; ``seed`` draws which pairs it holds and their
+    order, and so which of them fall in the unlabelled, labelled and evaluated parts."""
     if name == "fonts":
         from finetuner_selfsup.data.font_pairs import make_font_pairs
 
-        return make_font_pairs(root, num_pairs=pairs, seed=0)
+        return make_font_pairs(root, num_pairs=pairs, seed=seed)
     if name == "shapes":
         from finetuner_selfsup.data.demo_pairs import make_demo_pairs
 
-        return make_demo_pairs(root, num_pairs=pairs, seed=0)
+        return make_demo_pairs(root, num_pairs=pairs, seed=seed)
     raise SystemExit(f"unknown data set {name!r}; choose shapes or fonts")
 
 
@@ -117,6 +119,9 @@ def main() -> int:
                         help="seeds of the labelled fits; each is a repeat of the labelled stage "
                              "on the same self-supervised model (default: 0, the demo's seed)")
     parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="draw of the pair set and so of its split (default 0: the recorded runs); "
+                             "another draw measures how much the result depends on which pairs are labelled")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--only-self-supervised", action="store_true",
                         help="compute only the columns that start from the self-supervised stage "
@@ -136,7 +141,7 @@ def main() -> int:
     command = "python bench/label_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results: Dict[str, Dict[str, List[dict]]] = {}
     for dataset in args.datasets:
-        data = make_data(dataset, args.out / dataset / "data", args.pairs)
+        data = make_data(dataset, args.out / dataset / "data", args.pairs, args.data_seed)
         results[dataset] = {}
         for position, recipe in enumerate(args.recipes):
             results[dataset][recipe] = []
