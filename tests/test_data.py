@@ -19,6 +19,7 @@ from finetuner_selfsup.data import (
     locate_tll,
     make_demo_pairs,
     split_self_supervised,
+    split_self_supervised_with_chosen_labels,
     split_supervised,
 )
 from finetuner_selfsup.data.demo_pairs import MANIFEST_NAME
@@ -166,6 +167,30 @@ def test_supervised_split_sizes_and_labels(tll_pairs):
     split = split_supervised(tll_pairs)
     assert len(split.train) == 2 * 4812 and len(split.eval_left) == len(split.eval_right) == 1204
     assert [d.tags[LABEL] for d in split.train] == tll_pairs.names[:4812] * 2
+
+
+def test_chosen_labelled_pairs_replace_the_cut_and_the_rest_stay_unlabelled(tll_pairs):
+    chosen = list(range(0, 4812, 8))[:601]  # 601 positions spread over the first 80 %
+    split = split_self_supervised_with_chosen_labels(tll_pairs, chosen)
+    names = tll_pairs.names
+    assert [d.tags[LABEL] for d in split.finetune] == [names[i] for i in chosen] * 2
+    assert [Path(d.uri).parent.name for d in split.finetune] == ["left"] * 601 + ["right"] * 601
+    rest = [names[i] for i in range(4812) if i not in set(chosen)]
+    assert [Path(d.uri).name for d in split.pretrain] == rest * 2 and len(rest) == 4211
+    assert all(LABEL not in d.tags for d in split.pretrain)
+    cut = split_self_supervised(tll_pairs)
+    assert [d.uri for d in split.eval_left] == [d.uri for d in cut.eval_left]
+    assert [d.uri for d in split.eval_right] == [d.uri for d in cut.eval_right]
+    # the tutorial's own positions give the tutorial's split
+    same = split_self_supervised_with_chosen_labels(tll_pairs, range(4211, 4812))
+    assert [d.uri for d in same.finetune] == [d.uri for d in cut.finetune]
+    assert [d.uri for d in same.pretrain] == [d.uri for d in cut.pretrain]
+
+
+@pytest.mark.parametrize("chosen", [list(range(600)), [0] * 601, list(range(4212, 4813))])
+def test_chosen_labelled_pairs_must_be_the_right_number_of_distinct_positions(tll_pairs, chosen):
+    with pytest.raises(ValueError, match="601 distinct positions among the first 4812 pairs"):
+        split_self_supervised_with_chosen_labels(tll_pairs, chosen)
 
 
 def test_splits_copy_documents(tll_pairs):

@@ -91,6 +91,36 @@ def test_other_settings_in_the_same_folder_are_refused(pairs, tmp_path):
         TableRun(TINY.replace(temperature=0.5), pairs, tmp_path)
 
 
+def test_typical_label_selection_chooses_the_labelled_pairs_from_the_self_supervised_model(pairs, tmp_path):
+    from finetuner_selfsup.label_selection import choose_for_labelling
+
+    settings = TINY.replace(label_selection="typical")
+    # the self-supervised stage is shared with the tutorial's cut; results files of runs
+    # from before the setting existed (label_selection 'first') stay valid
+    assert settings.self_supervised_fingerprint() == TINY.self_supervised_fingerprint()
+    assert "label_selection" not in TINY.fingerprint() and settings.fingerprint()["label_selection"] == "typical"
+    run = TableRun(settings, pairs, tmp_path)
+    results = run.run([LABELS_ONLY, SELF_SUPERVISED])
+    # 30 pairs: the tutorial labels pairs 21-23; here 3 of the first 24, chosen by typicality
+    model = run.runner.self_supervised_only(run.ssl_split.pretrain)
+    queries = list(run.ssl_split.pretrain[:21]) + list(run.ssl_split.finetune[:3])
+    expected = [queries[i].uri.split("/")[-1] for i in choose_for_labelling(
+        model, queries, 3, preprocess_fn=run.runner.plain_images, progress=False)]
+    assert results.data["labelled_pairs"] == sorted(expected)
+    labelled = run.labelled_split()
+    assert sorted(d.tags["finetuner_label"] for d in labelled.finetune) == sorted(expected * 2)
+    unlabelled = [d.uri.split("/")[-1] for d in labelled.pretrain]
+    assert len(unlabelled) == 42 and not set(unlabelled) & set(expected)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["data"]["labelled_pairs"] == sorted(expected)
+    # a resumed run chooses the same pairs again
+    again = TableRun(settings, pairs, tmp_path).labelled_split()
+    assert [d.uri for d in again.finetune] == [d.uri for d in labelled.finetune]
+
+    with pytest.raises(ValueError, match="label_selection must be one of 'first', 'typical', got 'best'"):
+        TableRun(TINY.replace(label_selection="best"), pairs, tmp_path / "other")
+
+
 def test_self_supervised_stage_resumes_from_its_last_epoch(pairs, tmp_path):
     run = TableRun(TINY, pairs, tmp_path)
     first = run.runner.self_supervised_pretraining(run.ssl_split.pretrain)

@@ -16,6 +16,7 @@ from .tll import (
     locate_tll,
     pair_name,
     split_self_supervised,
+    split_self_supervised_with_chosen_labels,
     split_supervised,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "make_font_pairs",
     "pair_name",
     "split_self_supervised",
+    "split_self_supervised_with_chosen_labels",
     "split_supervised",
     "render_pair",
 ]

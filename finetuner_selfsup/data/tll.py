@@ -433,6 +433,39 @@ def split_self_supervised(
     )
 
 
+def split_self_supervised_with_chosen_labels(
+    pairs: TLLPairs, labelled: Sequence[int], pretrain_ratio: float = 0.7, finetune_ratio: float = 0.1
+) -> SelfSupervisedSplit:
+    """:func:`split_self_supervised` with the labelled pairs chosen instead of cut: of the
+    first ``b = int((pretrain_ratio + finetune_ratio) * n)`` pairs, those at the positions
+    ``labelled`` (exactly ``b - a`` of them, e.g. from
+    :func:`finetuner_selfsup.label_selection.choose_for_labelling`) are the labelled
+    fine-tuning pairs, the others the unlabelled part; evaluation is the same last pairs.
+
+    :raises ValueError: ``labelled`` has the wrong number of positions, repeats one, or
+        names one outside the first ``b`` pairs.
+    """
+    _check_ratios(pretrain_ratio=pretrain_ratio, finetune_ratio=finetune_ratio)
+    n = len(pairs)
+    a, b = _cut(pretrain_ratio, n), _cut(pretrain_ratio + finetune_ratio, n)
+    chosen = list(labelled)
+    if len(chosen) != b - a or len(set(chosen)) != len(chosen) or not all(0 <= i < b for i in chosen):
+        raise ValueError(
+            f"the labelled pairs must be {b - a} distinct positions among the first {b} pairs "
+            f"(pretrain_ratio + finetune_ratio of {n}); got {len(chosen)} positions, "
+            f"{len(set(chosen))} distinct, between {min(chosen, default=None)} and {max(chosen, default=None)}"
+        )
+    taken = set(chosen)
+    rest = [i for i in range(b) if i not in taken]
+    left, right = pairs.left, pairs.right
+    return SelfSupervisedSplit(
+        pretrain=_copies([left[i] for i in rest] + [right[i] for i in rest], labelled=False),
+        finetune=_copies([left[i] for i in chosen] + [right[i] for i in chosen], labelled=True),
+        eval_left=_copies(left[b:], labelled=True),
+        eval_right=_copies(right[b:], labelled=True),
+    )
+
+
 def split_supervised(pairs: TLLPairs, train_ratio: float = 0.8) -> SupervisedSplit:
     """Cut pairs by position as the supervised tutorial does: ``b = int(train_ratio * n)``,
     ``train = left[:b] + right[:b]`` labelled with the file name, evaluation the rest."""

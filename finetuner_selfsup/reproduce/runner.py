@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..data import load_tll, split_self_supervised, split_supervised
+from ..data import load_tll, split_self_supervised, split_self_supervised_with_chosen_labels, split_supervised
 from ..evaluation import (
     document_key,
     embed_documents,
@@ -203,6 +203,7 @@ class TableRun:
     ) -> None:
         """:param checkpoint_dir: where checkpoints go (default ``out_dir/checkpoints``); runs
             that differ only after the self-supervised stage may share one."""
+        settings.chooses_labels  # an unknown label_selection fails before any work
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.title = title
@@ -212,6 +213,7 @@ class TableRun:
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
         )
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
+        self._labelled_split: Optional[Any] = None if settings.chooses_labels else self.ssl_split
         self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
         self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
             settings=settings.to_dict(),
@@ -231,6 +233,33 @@ class TableRun:
         self.save()
 
     # -- columns ---------------------------------------------------------------------
+    def labelled_split(self):
+        """The split the labelled fine-tunes use: the tutorial's cut, or with
+        ``label_selection='typical'`` the pairs chosen from the self-supervised model's
+        embeddings (chosen once per run, after the self-supervised stage, which still
+        trains on the tutorial's pre-training part; the chosen file names go to
+        ``results.json`` under ``data.labelled_pairs``)."""
+        if self._labelled_split is None:
+            from ..label_selection import choose_for_labelling
+
+            s, cut = self.settings, self.ssl_split
+            model = self.runner.self_supervised_only(cut.pretrain)
+            # the left images of the first pretrain_ratio + finetune_ratio of the pairs, in order
+            queries = list(cut.pretrain[: len(cut.pretrain) // 2]) + list(cut.finetune[: len(cut.finetune) // 2])
+            chosen = choose_for_labelling(
+                model, queries, len(cut.finetune) // 2, preprocess_fn=self.runner.plain_images,
+                batch_size=s.eval_batch_size, device=s.device, seed=s.seed or 0,
+            )
+            self._labelled_split = split_self_supervised_with_chosen_labels(
+                self.pairs, chosen, s.pretrain_ratio, s.finetune_ratio
+            )
+            self.results.data["labelled_pairs"] = sorted(
+                document_key(doc) for doc in self._labelled_split.finetune[: len(chosen)]
+            )
+            logger.info("label selection: the %d most typical left images of %d chosen to label",
+                        len(chosen), len(queries))
+        return self._labelled_split
+
     def _train(self, column: str) -> nn.Module:
         r, ssl, sup = self.runner, self.ssl_split, self.sup_split
         if column == PRETRAINED:
@@ -238,9 +267,10 @@ class TableRun:
         if column == SUPERVISED:
             return r.supervised(sup.train)
         if column == SELF_SUPERVISED:
-            return r.self_supervised(ssl.pretrain, ssl.finetune)
+            labelled = self.labelled_split()
+            return r.self_supervised(labelled.pretrain, labelled.finetune)
         if column == LABELS_ONLY:
-            return r.labels_only(ssl.finetune)
+            return r.labels_only(self.labelled_split().finetune)
         if column == SELF_SUPERVISED_ONLY:
             return r.self_supervised_only(ssl.pretrain)
         raise ValueError(f"unknown column {column!r}; choose from {', '.join(COLUMNS)}")

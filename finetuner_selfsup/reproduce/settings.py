@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 
+#: the values of ``RunSettings.label_selection``
+LABEL_SELECTIONS = ("first", "typical")
+
+
 @dataclass
 class RunSettings:
     """Everything that decides a run's numbers (the results file records all of it)."""
@@ -64,6 +68,13 @@ class RunSettings:
     pretrain_ratio: float = 0.7
     finetune_ratio: float = 0.1
     supervised_ratio: float = 0.8
+    #: which pairs are the labelled ones: 'first' (the tutorial's cut: the pairs after the
+    #: first pretrain_ratio) or 'typical' (of the first pretrain_ratio + finetune_ratio of
+    #: the pairs, those whose left images are the most typical of the self-supervised
+    #: model's clusters, :mod:`finetuner_selfsup.label_selection`; the rest of those pairs
+    #: are the unlabelled part the fine-tune recipes use, while the self-supervised stage
+    #: still trains on the tutorial's pre-training part)
+    label_selection: str = "first"
 
     ks: Tuple[int, ...] = (1, 5, 10)
     device: str = "cpu"
@@ -98,6 +109,17 @@ class RunSettings:
         )
 
     @property
+    def chooses_labels(self) -> bool:
+        """Whether ``label_selection`` chooses the labelled pairs (``'typical'``) rather
+        than taking the tutorial's cut (``'first'``)."""
+        if self.label_selection not in LABEL_SELECTIONS:
+            raise ValueError(
+                f"label_selection must be one of {', '.join(map(repr, LABEL_SELECTIONS))}, "
+                f"got {self.label_selection!r}"
+            )
+        return self.label_selection == "typical"
+
+    @property
     def labelled_seed(self) -> Optional[int]:
         """The seed of the labelled fits."""
         return self.seed if self.finetune_seed is None else self.finetune_seed
@@ -114,6 +136,9 @@ class RunSettings:
             data.pop(name)
         # what 'default' stands for has changed between versions: record the crops made
         data["ssl_crop_scale"] = list(self.ssl_crop_scale)
+        if data["label_selection"] == "first":
+            # what runs did before the setting existed: their results files stay valid
+            del data["label_selection"]
         return data
 
     def self_supervised_fingerprint(self) -> Dict[str, Any]:
