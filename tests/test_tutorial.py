@@ -68,6 +68,12 @@ def test_tutorial_runs_unchanged(tmp_path):
     assert not any("projection_head" in name for name, _ in supervised.named_modules())
     assert not torch.equal(supervised.conv1.weight, tuned.embed_model.conv1.weight)
 
+    # the label-choice block: as many distinct left images as pairs to label, all from the
+    # first 80 %
+    to_label = ns["to_label"]
+    candidates = [doc.uri for doc in ns["left_da"][:16]]
+    assert len(set(to_label)) == len(to_label) == 2 and set(to_label) <= set(candidates)
+
     # the labelled documents were prepared by the tutorial's own function
     doc = ns["finetune_da"][0]
     assert doc.tags["finetuner_label"] == Path(doc.uri).name
