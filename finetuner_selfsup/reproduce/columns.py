@@ -260,9 +260,9 @@ class ColumnRunner:
     def _pseudo_paired_finetune(self, model: nn.Module, pretrain_unlabelled, finetune_labelled) -> nn.Module:
         """Self-training (:mod:`.pseudo_pairs`): a copy of the self-supervised model is
         fine-tuned as the rest of the recipe says; it pairs up unlabelled left and right
-        images (mutual nearest neighbours, or a one-to-one assignment); the self-supervised model is then fine-tuned
-        afresh, the same way, on the real and the pseudo-pairs together. The kept pairs
-        are recorded in :attr:`pseudo_pairs`."""
+        images (mutual nearest neighbours, or a one-to-one assignment); the
+        self-supervised model is then fine-tuned afresh, the same way, on the real and
+        the pseudo-pairs together. The kept pairs are recorded in :attr:`pseudo_pairs`."""
         from docarray import DocumentArray
 
         s = self.settings

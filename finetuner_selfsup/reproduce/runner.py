@@ -356,7 +356,7 @@ class TableRun:
         index_emb = embed_documents(right, model, self.runner.plain_images, s.eval_batch_size, s.device)
         indices, _ = top_k(query_emb, index_emb, 5)
         partner = pair_keys_to_partner(
-            [Path(d.uri).name for d in left], [Path(d.uri).name for d in right]
+            [document_key(d) for d in left], [document_key(d) for d in right]
         )
         return save_retrieval_examples(
             path, left, right, indices, partner, num_queries=num_queries,
