@@ -107,27 +107,53 @@ def _print_table(run, console) -> None:
     console.print(format_table(run.results.metrics(), run.settings.ks), markup=False, highlight=False)
 
 
-def _compare(metrics: dict, ks: Sequence[int], better: str, worse: str) -> tuple:
-    """(word, differences) of column ``better`` minus column ``worse`` at every hit@k."""
+def _compare(metrics: dict, ks: Sequence[int], better: str, worse: str, ranks: Optional[dict] = None) -> tuple:
+    """(word, differences, with intervals) of column ``better`` minus column ``worse`` at
+    every hit@k.
+
+    The word says at how many k the first column is higher; with both columns' per-query
+    ranks each difference carries its 95 % paired bootstrap interval, so the reader sees
+    which of them are clear."""
     first, second = metrics[better], metrics[worse]
-    diffs = ", ".join(f"hit@{k} {first[f'hit@{k}'] - second[f'hit@{k}']:+.3f}" for k in ks)
+    pairs = ranks or {}
+    intervals = bool(pairs.get(better) and pairs.get(worse))
+    if intervals:
+        from .comparison import hit_difference
+
+        diffs = ", ".join(f"hit@{k} {hit_difference(pairs[better], pairs[worse], k)}" for k in ks)
+    else:
+        diffs = ", ".join(f"hit@{k} {first[f'hit@{k}'] - second[f'hit@{k}']:+.3f}" for k in ks)
     wins = sum(first[f"hit@{k}"] > second[f"hit@{k}"] for k in ks)
     word = "helped" if wins == len(ks) else "did not help" if wins == 0 else "helped partly"
-    return word, diffs
+    return word, diffs, intervals
 
 
-def _verdict(metrics: dict, ks: Sequence[int]) -> str:
-    from .reproduce.columns import LABELS_ONLY, SELF_SUPERVISED, SELF_SUPERVISED_ONLY
+def _verdict(metrics: dict, ks: Sequence[int], ranks: Optional[dict] = None) -> str:
+    """What the table says about the tutorial's questions, in sentences: did the
+    self-supervised stage help, did the fine-tune help, and how far is self-supervision
+    from full supervision. ``ranks`` (per column, each query's partner rank) adds 95 %
+    intervals over the queries (in brackets)."""
+    from .reproduce.columns import LABELS_ONLY, SELF_SUPERVISED, SELF_SUPERVISED_ONLY, SUPERVISED
 
-    sentences = []
+    sentences, bracketed = [], False
     if SELF_SUPERVISED in metrics and LABELS_ONLY in metrics:
-        word, diffs = _compare(metrics, ks, SELF_SUPERVISED, LABELS_ONLY)
+        word, diffs, intervals = _compare(metrics, ks, SELF_SUPERVISED, LABELS_ONLY, ranks)
+        bracketed |= intervals
         sentences.append(f"Self-supervised pre-training {word} on this data: self-supervision "
                          f"minus '10% labels only' = {diffs}.")
     if SELF_SUPERVISED in metrics and SELF_SUPERVISED_ONLY in metrics:
-        word, diffs = _compare(metrics, ks, SELF_SUPERVISED, SELF_SUPERVISED_ONLY)
+        word, diffs, intervals = _compare(metrics, ks, SELF_SUPERVISED, SELF_SUPERVISED_ONLY, ranks)
+        bracketed |= intervals
         sentences.append(f"The fine-tune on the labelled 10 % {word} the self-supervised model: "
                          f"self-supervision minus 'self-supervised only' = {diffs}.")
+    if SELF_SUPERVISED in metrics and SUPERVISED in metrics:
+        _, diffs, intervals = _compare(metrics, ks, SELF_SUPERVISED, SUPERVISED, ranks)
+        bracketed |= intervals
+        sentences.append(f"Against full supervision on 80 % of the labels: self-supervision "
+                         f"minus '{SUPERVISED}' = {diffs}.")
+    if bracketed:
+        sentences.append("(In brackets: the 95 % interval of each difference over the queries, "
+                         "paired bootstrap; one that includes 0 is not a clear difference.)")
     return " ".join(sentences)
 
 
@@ -180,7 +206,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if settings.weights == "none":
         console.print(f"(weights=none: every column starts from a randomly initialised "
                       f"{settings.model}, so 'pre-trained' means untrained here.)")
-    verdict = _verdict(run.results.metrics(), settings.ks)
+    ranks = {column: record.get("ranks") for column, record in run.results.columns.items()}
+    verdict = _verdict(run.results.metrics(), settings.ks, ranks)
     if verdict:
         console.print(verdict)
     if args.save_examples:

@@ -68,6 +68,16 @@ def test_all_columns_then_resume_without_recomputing(pairs, tmp_path):
     query, _ = worst_first[0]
     expected = " | ".join(str(saved["columns"][column]["ranks"][query]) for column in COLUMNS)
     assert rows[0] == f"| {query} | {expected} |"
+    # and self-supervision minus every other column, with the paired bootstrap interval
+    from finetuner_selfsup.comparison import hit_difference
+
+    against = markdown.split(f"## '{SELF_SUPERVISED}' against the other columns")[1].split("\n## ")[0]
+    rows = [line for line in against.splitlines() if line.startswith("| ") and not line.startswith("| column")]
+    assert [row.split(" | ")[0][2:] for row in rows] == [c for c in COLUMNS if c != SELF_SUPERVISED]
+    column = rows[0].split(" | ")[0][2:]
+    expected = [str(hit_difference(saved["columns"][SELF_SUPERVISED]["ranks"], saved["columns"][column]["ranks"], k))
+                for k in TINY.ks]
+    assert rows[0] == f"| {column} | " + " | ".join(expected) + " |"
     for curve in (tmp_path / "curves").glob("*.png"):
         Image.open(curve).verify()
     assert len(list((tmp_path / "curves").glob("*.png"))) == 4  # the five columns have four fits
@@ -168,6 +178,30 @@ def test_verdict_compares_self_supervision_with_labels_only():
     assert _verdict(metrics, (1, 5)).endswith(
         "The fine-tune on the labelled 10 % did not help the self-supervised model: "
         "self-supervision minus 'self-supervised only' = hit@1 -0.100, hit@5 -0.100."
+    )
+
+
+def test_verdict_brackets_each_difference_with_its_interval_and_compares_with_full_supervision():
+    from finetuner_selfsup.cli import _verdict
+    from finetuner_selfsup.reproduce.columns import SUPERVISED
+
+    # 10 queries: self-supervision finds 6 partners first, full supervision 3 (the same 3)
+    ranks = {
+        SELF_SUPERVISED: {f"q{i}": 1 if i < 6 else 8 for i in range(10)},
+        SUPERVISED: {f"q{i}": 1 if i < 3 else 8 for i in range(10)},
+    }
+    metrics = {column: {"hit@1": sum(r == 1 for r in by_query.values()) / 10,
+                        "hit@5": sum(r <= 5 for r in by_query.values()) / 10}
+               for column, by_query in ranks.items()}
+    verdict = _verdict(metrics, (1, 5), ranks)
+    # per query differences: three +1, seven 0 -> +0.3, resampled means from 0 to ~0.6
+    assert verdict.startswith("Against full supervision on 80 % of the labels: self-supervision minus "
+                              "'fine-tuned' = hit@1 +0.300 (+0.000 to +0.600), hit@5 +0.300 (+0.000 to +0.600).")
+    assert verdict.endswith("one that includes 0 is not a clear difference.)")
+    # without ranks: the plain differences, no bracket note
+    assert _verdict(metrics, (1, 5)) == (
+        "Against full supervision on 80 % of the labels: self-supervision minus 'fine-tuned' = "
+        "hit@1 +0.300, hit@5 +0.300."
     )
 
 

@@ -127,6 +127,9 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
     recipe_notes = _recipe_notes(results, order)
     if recipe_notes:
         lines += ["", "## What the recipe did", ""] + recipe_notes
+    differences = _differences(results, order, ks)
+    if differences:
+        lines += ["", f"## '{SELF_SUPERVISED}' against the other columns", ""] + differences
     hardest = _hardest_queries(results, order)
     if hardest:
         lines += ["", "## Hardest queries", ""] + hardest
@@ -156,6 +159,34 @@ def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
                 )
             notes.append(line)
     return notes
+
+
+def _differences(results: TableResults, order: Sequence[str], ks: Sequence[int]) -> List[str]:
+    """The self-supervision column minus every other column at each hit@k, with a 95 %
+    paired bootstrap interval over the queries (:mod:`finetuner_selfsup.comparison`), so a
+    reader can tell a difference from the noise of a small evaluation set. Empty before the
+    self-supervision column has ranks; columns without ranks (older results) are left out."""
+    from ..comparison import hit_difference
+
+    ranks = {column: results.columns[column].get("ranks") for column in order}
+    if not ranks.get(SELF_SUPERVISED):
+        return []
+    others = [c for c in order if c != SELF_SUPERVISED and ranks[c]]
+    if not others:
+        return []
+    lines = [
+        f"'{SELF_SUPERVISED}' minus each column, in hit@k, and in brackets the 95 % interval of "
+        f"that difference over the {len(ranks[SELF_SUPERVISED])} queries (paired bootstrap: "
+        "the queries resampled 10,000 times). An interval that includes 0 is not a clear "
+        "difference on this many queries; the spread between training runs comes on top.",
+        "",
+        "| column | " + " | ".join(f"hit@{k}" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 1),
+    ]
+    for column in others:
+        cells = " | ".join(str(hit_difference(ranks[SELF_SUPERVISED], ranks[column], k)) for k in ks)
+        lines.append(f"| {column} | {cells} |")
+    return lines
 
 
 #: how many queries results.md lists under "Hardest queries"
