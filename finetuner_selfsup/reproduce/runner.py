@@ -28,7 +28,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..data import load_tll, split_self_supervised, split_self_supervised_with_chosen_labels, split_supervised
+from ..data import (
+    SelfSupervisedSplit,
+    load_tll,
+    split_self_supervised,
+    split_self_supervised_with_chosen_labels,
+    split_supervised,
+)
 from ..evaluation import (
     document_key,
     embed_documents,
@@ -244,7 +250,7 @@ class TableRun:
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
         )
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
-        self._labelled_split: Optional[Any] = None if settings.chooses_labels else self.ssl_split
+        self._labelled_split: Optional[SelfSupervisedSplit] = None if settings.chooses_labels else self.ssl_split
         self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
         self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
             settings=settings.to_dict(),
@@ -264,7 +270,7 @@ class TableRun:
         self.save()
 
     # -- columns ---------------------------------------------------------------------
-    def labelled_split(self):
+    def labelled_split(self) -> SelfSupervisedSplit:
         """The split the labelled fine-tunes use: the tutorial's cut, or with
         ``label_selection='typical'`` the pairs chosen from the self-supervised model's
         embeddings (chosen once per run, after the self-supervised stage, which still
