@@ -424,13 +424,7 @@ def split_self_supervised(
     _check_ratios(pretrain_ratio=pretrain_ratio, finetune_ratio=finetune_ratio)
     n = len(pairs)
     a, b = _cut(pretrain_ratio, n), _cut(pretrain_ratio + finetune_ratio, n)
-    left, right = pairs.left, pairs.right
-    return SelfSupervisedSplit(
-        pretrain=_copies(list(left[:a]) + list(right[:a]), labelled=False),
-        finetune=_copies(list(left[a:b]) + list(right[a:b]), labelled=True),
-        eval_left=_copies(left[b:], labelled=True),
-        eval_right=_copies(right[b:], labelled=True),
-    )
+    return _split_with_labelled(pairs, range(a, b), b)
 
 
 def split_self_supervised_with_chosen_labels(
@@ -455,12 +449,18 @@ def split_self_supervised_with_chosen_labels(
             f"(pretrain_ratio + finetune_ratio of {n}); got {len(chosen)} positions, "
             f"{len(set(chosen))} distinct, between {min(chosen, default=None)} and {max(chosen, default=None)}"
         )
-    taken = set(chosen)
+    return _split_with_labelled(pairs, chosen, b)
+
+
+def _split_with_labelled(pairs: TLLPairs, labelled: Sequence[int], b: int) -> SelfSupervisedSplit:
+    """Of the first ``b`` pairs, those at the positions ``labelled`` labelled and in that
+    order, the others unlabelled and in file order; the pairs from ``b`` on for evaluation."""
+    taken = set(labelled)
     rest = [i for i in range(b) if i not in taken]
     left, right = pairs.left, pairs.right
     return SelfSupervisedSplit(
         pretrain=_copies([left[i] for i in rest] + [right[i] for i in rest], labelled=False),
-        finetune=_copies([left[i] for i in chosen] + [right[i] for i in chosen], labelled=True),
+        finetune=_copies([left[i] for i in labelled] + [right[i] for i in labelled], labelled=True),
         eval_left=_copies(left[b:], labelled=True),
         eval_right=_copies(right[b:], labelled=True),
     )
