@@ -206,8 +206,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if settings.weights == "none":
         console.print(f"(weights=none: every column starts from a randomly initialised "
                       f"{settings.model}, so 'pre-trained' means untrained here.)")
-    ranks = {column: record.get("ranks") for column, record in run.results.columns.items()}
-    verdict = _verdict(run.results.metrics(), settings.ks, ranks)
+    verdict = _verdict(run.results.metrics(), settings.ks, run.results.ranks())
     if verdict:
         console.print(verdict)
     if args.save_examples:

@@ -70,6 +70,11 @@ class TableResults:
     def metrics(self) -> Dict[str, Dict[str, float]]:
         return {name: column["metrics"] for name, column in self.columns.items()}
 
+    def ranks(self) -> Dict[str, Dict[str, int]]:
+        """Each query's partner rank per column, for the columns that stored them (results
+        files from before ranks were kept have none)."""
+        return {name: column["ranks"] for name, column in self.columns.items() if column.get("ranks")}
+
 
 def pseudo_pair_record(pairs: Sequence[Tuple[str, str, float]]) -> Dict[str, Any]:
     """What a results file keeps of a pseudo-pair recipe's pairs: how many, and how many
@@ -174,10 +179,10 @@ def _differences(results: TableResults, order: Sequence[str], ks: Sequence[int])
     self-supervision column has ranks; columns without ranks (older results) are left out."""
     from ..comparison import hit_difference
 
-    ranks = {column: results.columns[column].get("ranks") for column in order}
-    if not ranks.get(SELF_SUPERVISED):
+    ranks = results.ranks()
+    if SELF_SUPERVISED not in ranks:
         return []
-    others = [c for c in order if c != SELF_SUPERVISED and ranks[c]]
+    others = [c for c in order if c != SELF_SUPERVISED and c in ranks]
     if not others:
         return []
     lines = [
@@ -204,12 +209,11 @@ def _hardest_queries(results: TableResults, order: Sequence[str], limit: int = H
     under every column -- which pairs the few labels and the unlabelled images did not
     teach, and whether full supervision found them (pairs of that kind are the ones worth
     covering among the labels). Empty before the self-supervision column has ranks."""
-    ranks = {column: results.columns[column].get("ranks") for column in order}
-    ranks = {column: by_query for column, by_query in ranks.items() if by_query}
+    ranks = results.ranks()
     if SELF_SUPERVISED not in ranks:
         return []
     worst = sorted(ranks[SELF_SUPERVISED].items(), key=lambda item: (-item[1], item[0]))[:limit]
-    columns = list(ranks)
+    columns = [column for column in order if column in ranks]
     lines = [
         f"The {len(worst)} queries whose partner '{SELF_SUPERVISED}' ranked lowest, and the "
         f"partner's rank under every column (1 = first of {results.data.get('eval_queries', '?')}; "
