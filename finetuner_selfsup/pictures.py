@@ -29,6 +29,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .augment.image_loading import to_rgb
+
 __all__ = [
     "FRAME",
     "GREEN",
@@ -162,7 +164,8 @@ def document_image(doc: Any) -> Image.Image:
         if data is None:
             raise ValueError("it has no tensor, blob or uri")
         with Image.open(io.BytesIO(data)) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
+            # to_rgb, as training does: 16-bit greyscale rescaled, float images checked
+            return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot draw the image of {name}: {error}") from error
 

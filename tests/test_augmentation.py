@@ -278,6 +278,13 @@ def test_defaults_are_simclr_reference_values_but_a_milder_crop():
     assert vision_preprocessor(phase="validation").augmentation is None
 
 
+def test_the_class_and_the_factory_share_the_default_augmentation():
+    from finetuner_selfsup.augment import VisionPreprocessor
+
+    assert VisionPreprocessor() == vision_preprocessor()
+    assert VisionPreprocessor(64, 48).augmentation == vision_preprocessor(64, 48).augmentation
+
+
 def test_grayscale_fraction_about_0_2():
     doc = Document(tensor=noise_image(48, 48))
     pre = vision_preprocessor(32, 32, normalize=False)

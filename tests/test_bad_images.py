@@ -257,6 +257,24 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, phase, fmt, mode)
 
 
 @pytest.mark.parametrize("phase", PHASES)
+def test_float_image_in_unit_range_is_scaled(tmp_path, phase):
+    # PIL's convert('RGB') truncates mode F floats: a [0, 1] TIFF would come out black
+    values = np.array([[0.0, 0.5, 1.0, 0.2, 1 / 255]], np.float32)
+    doc = save(Image.fromarray(values), tmp_path / "float.tiff")
+    assert Image.open(doc.uri).mode == "F"
+    out = rgb_pixels(doc, phase)
+    assert out[..., 0].tolist() == [[0, 128, 255, 51, 1]]  # round(v * 255)
+    assert (out == out[..., :1]).all()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("values", [[[0.0, 2.0]], [[-0.5, 0.5]], [[0.0, float("nan")]]])
+def test_float_image_outside_unit_range_is_an_error(tmp_path, phase, values):
+    doc = save(Image.fromarray(np.array(values, np.float32)), tmp_path / "wide.tiff")
+    assert_document_error(doc, phase, "mode F", "[0, 1]")
+
+
+@pytest.mark.parametrize("phase", PHASES)
 def test_one_bit_image(tmp_path, phase):
     bits = noise(9, 7, channels=1) > 127
     doc = save(Image.fromarray(bits), tmp_path / "bits.png")
@@ -305,6 +323,38 @@ def test_float32_tensor_values(phase):
     if phase == "validation":
         np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), image)
     assert doc.tensor.dtype == np.float32 and out.data_ptr() != doc.tensor.ctypes.data
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<u4", "<u8", ">i4", ">f4"])
+def test_wide_and_big_endian_tensors_are_read(phase, dtype):
+    # torch has no min/max for uint16/32/64 and refuses non-native byte order
+    image = noise(6, 5).astype(dtype)
+    if image.dtype.kind == "f":
+        image = (image / 255).astype(dtype)
+    doc = Document(id=f"doc-{dtype}", tensor=image)
+    out = vision_preprocessor(6, 5, phase=phase, normalize=False, cache_bytes=0)(doc)
+    assert out.shape == (3, 6, 5) and torch.isfinite(out).all()
+    if phase == "validation":
+        expected = noise(6, 5).astype(np.float32) / 255
+        np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    assert doc.tensor.dtype == np.dtype(dtype)  # the document is left as it was
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_sixteen_bit_tensor_beyond_255_is_named(phase):
+    doc = Document(id="doc-deep", tensor=np.full((4, 4), 40000, np.uint16))
+    pre = vision_preprocessor(4, 4, phase=phase, cache_bytes=0)
+    with pytest.raises(DocumentImageError, match=r"doc-deep.*\[40000, 40000\].*0-255"):
+        pre(doc)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_object_tensor_is_named(phase):
+    doc = Document(id="doc-objects", tensor=np.array([["a", None]], dtype=object))
+    pre = vision_preprocessor(4, 4, phase=phase, cache_bytes=0)
+    with pytest.raises(DocumentImageError, match="doc-objects.*object"):
+        pre(doc)
 
 
 # --------------------------------------------------------------------------- large images

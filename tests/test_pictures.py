@@ -230,6 +230,17 @@ def test_document_without_image_is_named(tmp_path):
         save_retrieval_examples(tmp_path / "g.png", queries, index, [[0]], [0])
 
 
+def test_sixteen_bit_file_is_drawn_as_training_sees_it(tmp_path):
+    # PIL's convert('RGB') would clip 20000 to 255 (white); training scales it to 78
+    from finetuner_selfsup.pictures import document_image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 20000, np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    drawn = np.asarray(document_image(Document(uri=str(path))))
+    assert drawn.shape == (4, 4, 3) and (drawn == 78).all()  # round(20000 * 255 / 65535)
+
+
 def test_partner_rank():
     assert pictures.partner_rank([4, 2, 9], 9) == 3
     assert pictures.partner_rank(np.array([4, 2, 9]), np.int64(4)) == 1

@@ -79,6 +79,8 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 #: greyscale modes holding 16-bit values: PNG/TIFF ``I;16*``, and ``I`` (PIL's 32-bit
 #: integer mode, which 16-bit PNGs may also open as); ``I`` is read as 16-bit too
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: unsigned integer dtypes wider than a byte, for which torch lacks min/max
+_WIDE_UNSIGNED = frozenset({torch.uint16, torch.uint32, torch.uint64})
 #: EXIF tag of the orientation (1 = stored upright)
 _EXIF_ORIENTATION = 0x0112
 
@@ -186,7 +188,8 @@ def _check_pixel_bound(size: Tuple[int, int]) -> None:
 
 
 def to_rgb(image: "PILImage") -> "PILImage":
-    """``image`` as mode RGB: alpha dropped (not composited), 16-bit greyscale rescaled.
+    """``image`` as mode RGB: alpha dropped (not composited), 16-bit greyscale rescaled,
+    float greyscale in ``[0, 1]`` scaled (other float ranges refused).
 
     Palette images with transparency go through RGBA (the same colours, without PIL's
     warning about converting them to RGB directly); every other mode (L, LA, 1, CMYK,
@@ -196,9 +199,31 @@ def to_rgb(image: "PILImage") -> "PILImage":
         return image
     if image.mode in _SIXTEEN_BIT_MODES:
         return _sixteen_bit_to_rgb(image)
+    if image.mode == "F":
+        return _float_to_rgb(image)
     if image.mode in {"P", "PA"} and ("transparency" in image.info or image.mode == "PA"):
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def _float_to_rgb(image: "PILImage") -> "PILImage":
+    """Scale a float (mode ``F``, e.g. a float TIFF) image in ``[0, 1]`` to ``0..255``.
+
+    PIL's ``convert`` would truncate the floats to integers, turning a ``[0, 1]`` image
+    black without a word. Float images elsewhere (``doc.tensor``) must also lie in
+    ``[0, 1]``; any other range (or NaN) is refused rather than guessed at.
+    """
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float32)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (0.0 <= lo and hi <= 1.0):  # also rejects NaN
+        raise ValueError(
+            f"it is a float (mode F) image with values in [{lo:.4g}, {hi:.4g}]; a float "
+            "image must hold values in [0, 1]. Save it as 8- or 16-bit, or scale it to [0, 1]."
+        )
+    grey = np.round(values * 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def _sixteen_bit_to_rgb(image: "PILImage") -> "PILImage":
@@ -464,10 +489,18 @@ def _as_torch(tensor: Any, where: str) -> torch.Tensor:
             ) from exc
     if any(stride < 0 for stride in tensor.strides):  # torch rejects negative strides
         tensor = np.ascontiguousarray(tensor)
-    with warnings.catch_warnings():
-        # Read-only arrays: torch warns that writes would be undefined; we never write.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(tensor)
+    if not tensor.dtype.isnative:  # e.g. '>u2' read from a big-endian file; torch refuses it
+        tensor = tensor.astype(tensor.dtype.newbyteorder("="))
+    try:
+        with warnings.catch_warnings():
+            # Read-only arrays: torch warns that writes would be undefined; we never write.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(tensor)
+    except (TypeError, ValueError) as exc:  # e.g. object or string arrays
+        raise DocumentImageError(
+            f"{where}: `tensor` of dtype {tensor.dtype} cannot be used as an image ({exc}); "
+            "pass a uint8 (0-255) or float ([0, 1]) array."
+        ) from exc
 
 
 def _checked_dtype(image: torch.Tensor, where: str) -> torch.Tensor:
@@ -475,7 +508,11 @@ def _checked_dtype(image: torch.Tensor, where: str) -> torch.Tensor:
         return image
     if image.dtype == torch.bool or image.dtype.is_complex:
         raise DocumentImageError(f"{where}: `tensor` has unsupported dtype {image.dtype}.")
-    lo, hi = (image.min().item(), image.max().item()) if image.numel() else (0, 0)
+    # torch has no min/max for uint16/32/64; float64 holds every value a check needs
+    probe = image.to(torch.float64) if image.dtype in _WIDE_UNSIGNED else image
+    lo, hi = (probe.min().item(), probe.max().item()) if image.numel() else (0, 0)
+    if image.dtype in _WIDE_UNSIGNED:
+        lo, hi = int(lo), int(hi)
     if image.is_floating_point():
         if not (0.0 <= lo and hi <= 1.0):  # also rejects NaN
             raise DocumentImageError(
@@ -489,6 +526,7 @@ def _checked_dtype(image: torch.Tensor, where: str) -> torch.Tensor:
     if lo < 0 or hi > 255:
         raise DocumentImageError(
             f"{where}: `tensor` is {image.dtype} with values in [{lo}, {hi}]; an integer "
-            "image must hold values 0-255 (uint8)."
+            "image must hold values 0-255 (uint8). Scale 16-bit data to 0-255 first, e.g. "
+            "(tensor / 257).round() as uint8."
         )
     return image.to(torch.uint8)

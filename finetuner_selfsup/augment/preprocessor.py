@@ -105,8 +105,8 @@ class VisionPreprocessor:
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         if phase == "train":
-            if augmentation is None:
-                augmentation = SimCLRAugmentation(height, width)
+            if augmentation is None:  # the same default as vision_preprocessor()
+                augmentation = SimCLRAugmentation(height, width, crop_scale=DEFAULT_CROP_SCALE)
             elif (augmentation.height, augmentation.width) != (height, width):
                 raise ValueError(
                     f"augmentation output size {augmentation.height}x{augmentation.width} "
