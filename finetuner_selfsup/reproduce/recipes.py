@@ -16,7 +16,9 @@ pre-trained backbone:
   contrastive loss of Khosla et al. 2020 when every class is one pair) instead of a triplet
   loss with one mined negative;
 * ``frozen-stem`` -- freeze the stem and the first two stages of the ResNet while
-  fine-tuning (the lowest layers are generic; few labels then only move the upper ones);
+  fine-tuning (the lowest layers are generic; few labels then only move the upper ones).
+  Their weights are frozen; their BatchNorm running statistics still follow the
+  fine-tuning images (the recipe was measured that way);
 * ``early-stopping`` -- hold out a fifth of the labelled pairs and keep the epoch (the
   pre-trained backbone itself included, as "epoch 0") with the best pair-retrieval MRR on
   them, so fine-tuning can never end below its starting point on held-out labels;
