@@ -55,7 +55,8 @@ def _settings(base: RunSettings, args: argparse.Namespace) -> RunSettings:
         from .reproduce.recipes import checked_recipe_name
 
         changes["recipe"] = checked_recipe_name(changes["recipe"])  # fails before any work
-    return base.replace(**changes)
+    # every value checked before the demo data is generated or anything trains
+    return base.replace(**changes).validate()
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:

@@ -264,3 +264,52 @@ def test_hardest_queries_lists_the_worst_ten_and_tolerates_columns_without_ranks
     assert [row.split(" | ")[0][2:] for row in rows] == worst
     assert rows[0] == f"| {worst[0]} | 30 | 30 |"  # only the columns that have ranks
     assert f"| query | {SELF_SUPERVISED} | {LABELS_ONLY} |" in section
+
+
+def test_the_presets_are_valid_settings():
+    assert DEMO.validate() is DEMO and TUTORIAL.validate() is TUTORIAL and TINY.validate() is TINY
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ssl_optimizer": "larss"}, "ssl_optimizer must be one of 'default', 'adam', 'adamw-cosine', 'lars', got 'larss'"),
+    ({"ks": (10, 0)}, r"ks must be one or more integers >= 1"),
+    ({"pretrain_ratio": 0.9}, r"pretrain_ratio \+ finetune_ratio must be below 1"),
+    ({"ssl_epochs": -3}, "ssl_epochs must be an integer >= 1, got -3"),
+    ({"temperature": float("nan")}, "temperature must be a positive finite number, got nan"),
+    ({"margin": float("nan")}, "margin must be a non-negative finite number, got nan"),
+    ({"finetune_ratio": 0.0}, "finetune_ratio must be a positive finite number"),
+    ({"weights": "imagnet"}, "weights must be one of 'imagenet', 'none', got 'imagnet'"),
+    ({"label_selection": "best"}, "label_selection must be one of 'first', 'typical', got 'best'"),
+    ({"ssl_augmentation": "crop-2"}, "ssl_augmentation must be"),
+    ({"recipe": "head-layer", "head_layers": 1}, "use head_layers >= 2"),
+    ({"finetune_batch_size": 3}, r"finetune_batch_size must be an integer >= 4"),
+    ({"finetune_seed": -1}, "finetune_seed must be an integer >= 0 or none"),
+    ({"device": "gpu"}, "device: Unknown device 'gpu'"),
+])
+def test_bad_settings_are_refused_before_the_data_are_read(pairs, tmp_path, monkeypatch, changes, message):
+    def read(root):
+        pytest.fail("the data were read before the settings were checked")
+
+    monkeypatch.setattr("finetuner_selfsup.reproduce.runner.load_tll", read)
+    with pytest.raises(ValueError, match=message):
+        TableRun(TINY.replace(**changes), pairs, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_every_bad_setting_is_listed_at_once():
+    with pytest.raises(ValueError) as error:
+        TINY.replace(ssl_epochs=0, temperature=-1.0, model="vgg").validate()
+    assert all(name in str(error.value) for name in ("ssl_epochs", "temperature", "model must be one of 'resnet18'"))
+
+
+def test_ratios_that_leave_a_part_of_the_split_empty_on_the_data_are_refused(pairs, tmp_path):
+    # 30 pairs: the first 70 % are 21 pairs and the first 71 % too, so no pair is labelled
+    with pytest.raises(ValueError, match=r"30 pairs .* leave no labelled pairs"):
+        TableRun(TINY.replace(finetune_ratio=0.01), pairs, tmp_path)
+
+
+def test_cli_refuses_a_bad_set_value_before_generating_data(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--pairs", "30", "--set", "ssl_optimizer=larss"]) == 2
+    assert "ssl_optimizer must be one of 'default', 'adam', 'adamw-cosine', 'lars'" in capsys.readouterr().err
+    assert not out.exists()

@@ -40,7 +40,7 @@ from .backbones import build_backbone, embedding_width
 from .early_stopping import BestEpochKeeper, split_validation
 from .pseudo_pairs import check_sides, make_pseudo_pairs
 from .recipes import Recipe, get_recipe
-from .settings import RunSettings
+from .settings import SSL_OPTIMIZERS, RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
 
@@ -391,7 +391,7 @@ def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
     if name == "lars":
         warmup = max(1, settings.ssl_epochs // 10)
         return {"configure_optimizer": LargeBatchRecipe(base_lr=0.3, scaling="linear", warmup_epochs=warmup)}
-    raise ValueError(f"ssl_optimizer must be 'default', 'adam', 'adamw-cosine' or 'lars', got {name!r}")
+    raise ValueError(f"ssl_optimizer must be one of {', '.join(map(repr, SSL_OPTIMIZERS))}, got {name!r}")
 
 
 def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:

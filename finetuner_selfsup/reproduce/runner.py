@@ -244,7 +244,7 @@ class TableRun:
     ) -> None:
         """:param checkpoint_dir: where checkpoints go (default ``out_dir/checkpoints``); runs
             that differ only after the self-supervised stage may share one."""
-        settings.chooses_labels  # an unknown label_selection fails before any work
+        settings.validate()  # a bad setting fails before any work, not in the stage that reads it
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.title = title
@@ -254,6 +254,7 @@ class TableRun:
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
         )
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
+        self._check_splits()
         self._labelled_split: Optional[SelfSupervisedSplit] = None if settings.chooses_labels else self.ssl_split
         self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
         self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
@@ -272,6 +273,24 @@ class TableRun:
         # Written before any training, so that checkpoints in this folder are always
         # covered by the settings check of a later run.
         self.save()
+
+    def _check_splits(self) -> None:
+        """Raise before any work when the ratios leave a part of the split empty on this
+        many pairs (the settings' own check cannot know the number of pairs)."""
+        s, ssl, n = self.settings, self.ssl_split, len(self.pairs)
+        parts = (
+            ("pre-training pairs (the first pretrain_ratio)", len(ssl.pretrain)),
+            ("labelled pairs (the next finetune_ratio)", len(ssl.finetune)),
+            ("evaluation pairs (the rest)", len(ssl.eval_left)),
+            ("fully supervised training pairs (the first supervised_ratio)", len(self.sup_split.train)),
+        )
+        empty = [name for name, size in parts if size == 0]
+        if empty:
+            raise ValueError(
+                f"{n} pairs with pretrain_ratio={s.pretrain_ratio}, finetune_ratio={s.finetune_ratio} "
+                f"and supervised_ratio={s.supervised_ratio} leave no {' and no '.join(empty)}; "
+                f"use more pairs or other ratios"
+            )
 
     # -- columns ---------------------------------------------------------------------
     def labelled_split(self) -> SelfSupervisedSplit:
