@@ -305,7 +305,7 @@ def test_every_bad_setting_is_listed_at_once():
 def test_ratios_that_leave_a_part_of_the_split_empty_on_the_data_are_refused(pairs, tmp_path):
     # 30 pairs: the first 70 % are 21 pairs and the first 71 % too, so no pair is labelled
     with pytest.raises(ValueError, match=r"30 pairs .* leave no labelled pairs"):
-        TableRun(TINY.replace(finetune_ratio=0.01), pairs, tmp_path)
+        TableRun(TINY.replace(finetune_ratio=0.01, supervised_ratio=0.7), pairs, tmp_path)
 
 
 def test_cli_refuses_a_bad_set_value_before_generating_data(tmp_path, capsys):
@@ -313,3 +313,16 @@ def test_cli_refuses_a_bad_set_value_before_generating_data(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--pairs", "30", "--set", "ssl_optimizer=larss"]) == 2
     assert "ssl_optimizer must be one of 'default', 'adam', 'adamw-cosine', 'lars'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes", [{"pretrain_ratio": 0.6}, {"supervised_ratio": 0.9}])
+def test_a_supervised_split_that_reaches_into_the_evaluation_pairs_is_refused(pairs, tmp_path, changes):
+    with pytest.raises(ValueError, match=r"supervised_ratio \(0\.[89]\) must be at most pretrain_ratio \+ finetune_ratio"):
+        TableRun(TINY.replace(**changes), pairs, tmp_path)
+
+
+@pytest.mark.parametrize("changes", [{}, {"supervised_ratio": 0.5}, {"pretrain_ratio": 0.6, "supervised_ratio": 0.7}])
+def test_the_supervised_column_never_trains_on_evaluation_images(pairs, tmp_path, changes):
+    run = TableRun(TINY.replace(**changes), pairs, tmp_path)
+    evaluated = {d.uri for d in run.ssl_split.eval_left} | {d.uri for d in run.ssl_split.eval_right}
+    assert evaluated and not {d.uri for d in run.sup_split.train} & evaluated

@@ -216,6 +216,16 @@ class RunSettings:
                 f"pretrain_ratio + finetune_ratio must be below 1, got {self.pretrain_ratio} + "
                 f"{self.finetune_ratio}: every column is evaluated on the pairs after them"
             )
+        if ratios_ok and round(self.supervised_ratio, 12) > round(self.pretrain_ratio + self.finetune_ratio, 12):
+            # the 'fine-tuned' column trains on the first supervised_ratio of the pairs and is
+            # evaluated, like every column, on those after pretrain_ratio + finetune_ratio
+            problems.append(
+                f"supervised_ratio ({self.supervised_ratio}) must be at most pretrain_ratio + "
+                f"finetune_ratio ({round(self.pretrain_ratio + self.finetune_ratio, 12)}): the "
+                f"'fine-tuned' column trains on the first supervised_ratio of the pairs and every "
+                f"column is evaluated on the pairs after the first pretrain_ratio + finetune_ratio, "
+                f"so it would train on evaluation pairs; lower supervised_ratio"
+            )
         one_of("label_selection", LABEL_SELECTIONS)
 
         if (not isinstance(self.ks, (tuple, list)) or not self.ks
