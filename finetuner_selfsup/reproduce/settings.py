@@ -18,6 +18,9 @@ LABEL_SELECTIONS = ("first", "typical")
 WEIGHTS = ("imagenet", "none")
 #: the values of ``RunSettings.ssl_optimizer``
 SSL_OPTIMIZERS = ("default", "adam", "adamw-cosine", "lars")
+#: the self-supervised optimisers that train at ``RunSettings.ssl_learning_rate``; the
+#: others set their own rate (what each does is under ``ssl_optimizer``)
+SSL_OPTIMIZERS_WITH_LEARNING_RATE = ("adam", "adamw-cosine")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class RunSettings:
     # self-supervised pre-training (the seed's first fit)
     ssl_epochs: int = 50
     ssl_batch_size: int = 512
+    #: the learning rate of ssl_optimizer 'adam' and 'adamw-cosine'; 'default' and 'lars'
+    #: have their own, so another value with them is refused rather than silently ignored
     ssl_learning_rate: float = 1e-3
     #: the self-supervised fit's optimiser: 'default' (what ``ft.fit`` does when the call
     #: names none, as in the tutorial: AdamW at 1e-3, weight decay 1e-4, warm-up then
@@ -178,6 +183,17 @@ class RunSettings:
         integer("ssl_batch_size", 2, " (the contrastive loss needs other images in a batch)")
         number("ssl_learning_rate")
         one_of("ssl_optimizer", SSL_OPTIMIZERS)
+        own_rate = {"default": "ft.fit's own default: AdamW at 1e-3, warm-up then cosine",
+                    "lars": "LARS at 0.3 x ssl_batch_size / 256, warm-up then cosine"}
+        default_rate = RunSettings.ssl_learning_rate
+        if self.ssl_optimizer in own_rate and self.ssl_learning_rate != default_rate:
+            problems.append(
+                f"ssl_learning_rate={self.ssl_learning_rate} is not used by ssl_optimizer="
+                f"{self.ssl_optimizer!r} ({own_rate[self.ssl_optimizer]}); only "
+                f"{' and '.join(map(repr, SSL_OPTIMIZERS_WITH_LEARNING_RATE))} train at "
+                f"ssl_learning_rate ('adamw-cosine' is the default's schedule at that rate): "
+                f"choose one of them, or leave ssl_learning_rate at {default_rate}"
+            )
         try:
             self.ssl_crop_scale
         except ValueError as error:
