@@ -326,3 +326,10 @@ def test_the_supervised_column_never_trains_on_evaluation_images(pairs, tmp_path
     run = TableRun(TINY.replace(**changes), pairs, tmp_path)
     evaluated = {d.uri for d in run.ssl_split.eval_left} | {d.uri for d in run.ssl_split.eval_right}
     assert evaluated and not {d.uri for d in run.sup_split.train} & evaluated
+
+
+def test_the_refusal_names_a_setting_only_the_old_results_recorded(pairs, tmp_path):
+    # label_selection is in the fingerprint only when it is not 'first' (older files lack it)
+    TableRun(TINY.replace(label_selection="typical"), pairs, tmp_path)
+    with pytest.raises(ValueError, match=r"differing: label_selection\)"):
+        TableRun(TINY, pairs, tmp_path)

@@ -96,15 +96,18 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
+def _differing(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The keys whose values differ between two fingerprints, a key that only one of them
+    has included (e.g. label_selection, recorded only when it is not 'first')."""
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
 def _load_results(path: Path, settings: RunSettings) -> Optional[TableResults]:
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
     if saved.get("fingerprint") != settings.fingerprint():
-        changed = sorted(
-            key for key, value in settings.fingerprint().items()
-            if saved.get("fingerprint", {}).get(key) != value
-        )
+        changed = _differing(saved.get("fingerprint") or {}, settings.fingerprint())
         raise ValueError(
             f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
             f"use another output folder, or delete it to start over."
