@@ -333,3 +333,76 @@ def test_the_refusal_names_a_setting_only_the_old_results_recorded(pairs, tmp_pa
     TableRun(TINY.replace(label_selection="typical"), pairs, tmp_path)
     with pytest.raises(ValueError, match=r"differing: label_selection\)"):
         TableRun(TINY, pairs, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def other_pairs(tmp_path_factory):
+    """As many pairs as ``pairs``, with the same file names, drawn from another seed."""
+    return make_demo_pairs(tmp_path_factory.mktemp("other-pairs"), num_pairs=30, image_size=(32, 32), seed=1)
+
+
+def test_results_of_other_data_in_the_same_folder_are_refused(pairs, other_pairs, tmp_path):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    run = TableRun(TINY, pairs, tmp_path / "out")
+    run.run([PRETRAINED])
+    assert run.results.data["identity"] == {"pairs": 30, "sha256": run.data_identity["sha256"]}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["fingerprint"]["data"] == run.data_identity
+    with pytest.raises(ValueError, match=r"results computed on other data \(30 pairs from .*; given now: 30 pairs "
+                                         r"from .*\); use another output folder \(--out\), or delete .*results.json"):
+        TableRun(TINY, other_pairs, tmp_path / "out")
+    # the self-supervised checkpoints of other data are not resumed either
+    one, two = (TableRun(TINY, data, tmp_path / name).runner for data, name in ((pairs, "a"), (other_pairs, "b")))
+    assert one.self_supervised_checkpoints().name != two.self_supervised_checkpoints().name
+    # the same files elsewhere are the same data: the finished column is kept
+    import shutil
+
+    moved = shutil.copytree(pairs, tmp_path / "moved")
+    again = TableRun(TINY, moved, tmp_path / "out")
+    assert again.run([PRETRAINED]).columns == run.results.columns
+
+
+def _as_written_by_an_earlier_version(run: TableRun) -> None:
+    """Rewrite ``run``'s folder as versions without the data's identity left it."""
+    path = run.out_dir / "results.json"
+    saved = json.loads(path.read_text())
+    del saved["fingerprint"]["data"], saved["data"]["identity"]
+    path.write_text(json.dumps(saved))
+    new = run.runner.self_supervised_checkpoints()
+    if new.exists():
+        new.rename(run.runner.self_supervised_checkpoints(without_data=True))
+
+
+def test_results_of_an_earlier_version_are_resumed_on_the_same_data_only(pairs, tmp_path):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    settings = TINY.replace(ssl_epochs=1)
+    run = TableRun(settings, pairs, tmp_path)
+    run.run([PRETRAINED])
+    run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
+    _as_written_by_an_earlier_version(run)
+
+    resumed = TableRun(settings, pairs, tmp_path)
+    assert resumed.results.columns == run.results.columns
+    assert resumed.results.data["identity"] == run.data_identity
+    assert json.loads((tmp_path / "results.json").read_text())["fingerprint"]["data"] == run.data_identity
+    # its self-supervised checkpoints are resumed under their new name: no batch is trained
+    assert resumed.runner.self_supervised_checkpoints().is_dir()
+    resumed.runner.self_supervised_pretraining(resumed.ssl_split.pretrain)
+    assert resumed.runner.recorders[f"{SELF_SUPERVISED}/pre-training"].losses == []
+
+    _as_written_by_an_earlier_version(resumed)
+    fewer = make_demo_pairs(tmp_path / "fewer", num_pairs=20, image_size=(32, 32), seed=0)
+    with pytest.raises(ValueError, match=r"written by an earlier version .* differing: pairs 30 \(now 20\).*"
+                                         r"use another output folder \(--out\), or delete .*results.json to start over"):
+        TableRun(settings, fewer, tmp_path)
+
+
+def test_cli_demo_refuses_a_folder_of_another_number_of_pairs(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    common = ["demo", "--out", out, "--image-size", "32", "--columns", "pre-trained"]
+    assert main(common + ["--pairs", "20"]) == 0
+    assert main(common + ["--pairs", "30"]) == 2
+    assert "results computed on other data (20 pairs" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["pairs"] == 20

@@ -11,11 +11,15 @@ Output folder layout::
     curves/<column>--<stage>.png   training loss of every fit
 
 A column already in ``results.json`` is not recomputed, nor is a finished epoch of the
-self-supervised stage; a results file made with other settings is refused (use another
-output folder) rather than mixed with the new numbers.
+self-supervised stage; a results file made with other settings or on other data (its
+``fingerprint`` holds the settings and :func:`data_identity`) is refused (use another
+output folder) rather than mixed with the new numbers. A results file of an earlier
+version, which did not record the data's identity, is resumed when its recorded pair
+count, split sizes and evaluation queries are those of the data given now.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,9 +34,11 @@ from torch import nn
 
 from ..data import (
     SelfSupervisedSplit,
+    TLLPairs,
     load_tll,
     split_self_supervised,
     split_self_supervised_with_chosen_labels,
+    pair_name,
     split_supervised,
 )
 from ..evaluation import (
@@ -102,17 +108,100 @@ def _differing(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
-def _load_results(path: Path, settings: RunSettings) -> Optional[TableResults]:
+def data_identity(pairs: TLLPairs) -> Dict[str, Any]:
+    """A cheap identity of a pair set: the number of pairs and a SHA-256 of every image's
+    side, file name and size in bytes (sorted), from the file system without reading an
+    image. The same files give the same identity wherever the folder is; adding, removing
+    or renaming a pair, or re-encoding an image, changes it (an edit that keeps a file's
+    exact size does not). Part of the results' and the self-supervised checkpoints'
+    fingerprints, so that a run on other data does not take their columns or epochs."""
+    entries = sorted(
+        f"{side}/{pair_name(doc)}\t{os.path.getsize(doc.uri)}"
+        for side, docs in (("left", pairs.left), ("right", pairs.right))
+        for doc in docs
+    )
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return {"pairs": len(pairs), "sha256": digest}
+
+
+#: what results.json's "data" records of the split; for a results file from before the
+#: data's identity was recorded, these (and the evaluation queries) must match the data
+SPLIT_SIZES = (
+    "pairs", "self_supervised_pretrain_images", "finetune_images", "supervised_train_images",
+    "eval_queries", "eval_index",
+)
+
+
+def _start_over(path: Path) -> str:
+    return (f"use another output folder (--out), or delete {path} to start over (every column "
+            f"is then computed afresh)")
+
+
+def _load_results(
+    path: Path, settings: RunSettings, data: Dict[str, Any], eval_queries: Sequence[str]
+) -> Optional[TableResults]:
+    """The results in ``path`` if they were made with ``settings`` on the data described by
+    ``data`` (``TableRun``'s ``results.data``, its ``identity`` included) whose evaluation
+    queries are ``eval_queries``; None without a file.
+
+    :raises ValueError: the file holds results of other settings or other data.
+    """
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != settings.fingerprint():
-        changed = _differing(saved.get("fingerprint") or {}, settings.fingerprint())
-        raise ValueError(
-            f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
-            f"use another output folder, or delete it to start over."
-        )
+    old = saved.get("fingerprint") or {}
+    if old != settings.fingerprint(data["identity"]):
+        if "data" not in old:
+            # written before the data's identity was recorded: compare the settings, then
+            # what the file recorded of the data
+            changed = _differing(old, settings.fingerprint())
+            if not changed:
+                _check_data_of_earlier_version(path, saved, data, eval_queries)
+        else:
+            changed = _differing(old, settings.fingerprint(data["identity"]))
+        if changed == ["data"]:
+            recorded = saved.get("data", {})
+            raise ValueError(
+                f"{path} holds results computed on other data ({old['data'].get('pairs')} pairs from "
+                f"{recorded.get('root', '?')}, sha256 {str(old['data'].get('sha256'))[:12]}; given now: "
+                f"{data['pairs']} pairs from {data['root']}, sha256 {data['identity']['sha256'][:12]}); "
+                f"{_start_over(path)}."
+            )
+        if changed:
+            raise ValueError(
+                f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
+                f"use another output folder, or delete it to start over."
+            )
     return TableResults(saved["settings"], saved["data"], saved["environment"], saved["columns"])
+
+
+def _check_data_of_earlier_version(
+    path: Path, saved: Dict[str, Any], data: Dict[str, Any], eval_queries: Sequence[str]
+) -> None:
+    """Accept a results file of an earlier version (no data identity in its fingerprint)
+    when its recorded pair count and split sizes, and the queries of every column's ranks,
+    are those of the data given now; else raise, saying what to do."""
+    recorded = saved.get("data", {})
+    differing = [
+        f"{key} {recorded.get(key)} (now {data[key]})" for key in SPLIT_SIZES if recorded.get(key) != data[key]
+    ]
+    queries = sorted(eval_queries)
+    for column, record in saved.get("columns", {}).items():
+        if record.get("ranks") and sorted(record["ranks"]) != queries:
+            differing.append(f"the evaluation queries of column {column!r}")
+            break
+    if differing:
+        raise ValueError(
+            f"{path} was written by an earlier version of finetuner-selfsup, which did not record "
+            f"the identity of the data, and what it recorded does not match the data given now "
+            f"({recorded.get('root', '?')} then, {data['root']} now; differing: {', '.join(differing)}): "
+            f"its results were computed on other data; {_start_over(path)}."
+        )
+    logger.warning(
+        "%s was written by an earlier version, which did not record the identity of the data; its "
+        "pair count, split sizes and evaluation queries match %s, so its columns are kept, and the "
+        "data's identity is recorded from now on", path, data["root"],
+    )
 
 
 def _metric_order(name: str) -> tuple:
@@ -259,19 +348,31 @@ class TableRun:
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
         self._check_splits()
         self._labelled_split: Optional[SelfSupervisedSplit] = None if settings.chooses_labels else self.ssl_split
-        self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
-        self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
-            settings=settings.to_dict(),
-            data={
-                "root": str(self.pairs.root),
-                "pairs": len(self.pairs.left),
-                "self_supervised_pretrain_images": len(self.ssl_split.pretrain),
-                "finetune_images": len(self.ssl_split.finetune),
-                "supervised_train_images": len(self.sup_split.train),
-                "eval_queries": len(self.ssl_split.eval_left),
-                "eval_index": len(self.ssl_split.eval_right),
-            },
-            environment=describe_environment(settings.device),
+        #: the pair set's identity (:func:`data_identity`), part of both fingerprints
+        self.data_identity = data_identity(self.pairs)
+        self.runner = ColumnRunner(
+            settings, Path(checkpoint_dir or self.out_dir / "checkpoints"), data_identity=self.data_identity
+        )
+        data = {
+            "root": str(self.pairs.root),
+            "pairs": len(self.pairs.left),
+            "self_supervised_pretrain_images": len(self.ssl_split.pretrain),
+            "finetune_images": len(self.ssl_split.finetune),
+            "supervised_train_images": len(self.sup_split.train),
+            "eval_queries": len(self.ssl_split.eval_left),
+            "eval_index": len(self.ssl_split.eval_right),
+            "identity": self.data_identity,
+        }
+        loaded = _load_results(
+            self.out_dir / "results.json", settings, data, [document_key(d) for d in self.ssl_split.eval_left]
+        )
+        if loaded is not None and "identity" not in loaded.data:
+            # an earlier version's results, checked to be of this data: record the
+            # identity, and resume its self-supervised checkpoints under their new name
+            loaded.data["identity"] = self.data_identity
+            self.runner.adopt_checkpoints_without_data()
+        self.results = loaded or TableResults(
+            settings=settings.to_dict(), data=data, environment=describe_environment(settings.device),
         )
         # Written before any training, so that checkpoints in this folder are always
         # covered by the settings check of a later run.
@@ -385,7 +486,7 @@ class TableRun:
     def save(self) -> None:
         data = {
             "settings": self.results.settings,
-            "fingerprint": self.settings.fingerprint(),
+            "fingerprint": self.settings.fingerprint(self.data_identity),
             "data": self.results.data,
             "environment": self.results.environment,
             "columns": self.results.columns,

@@ -268,8 +268,16 @@ class RunSettings:
         data["ks"] = list(self.ks)
         return data
 
-    def fingerprint(self) -> Dict[str, Any]:
-        """The settings that change results (not device, workers or batch of evaluation)."""
+    def fingerprint(self, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The settings that change results (not device, workers or batch of evaluation);
+        with ``data``, under ``"data"``, the identity of the pair set they are computed on
+        (:func:`~.runner.data_identity`), so that results of other data are not mixed in."""
+        fingerprint = self._settings_fingerprint()
+        if data is not None:
+            fingerprint["data"] = data
+        return fingerprint
+
+    def _settings_fingerprint(self) -> Dict[str, Any]:
         data = self.to_dict()
         for name in ("device", "num_workers", "eval_batch_size"):
             data.pop(name)
@@ -280,14 +288,15 @@ class RunSettings:
             del data["label_selection"]
         return data
 
-    def self_supervised_fingerprint(self) -> Dict[str, Any]:
+    def self_supervised_fingerprint(self, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """The settings that decide the self-supervised stage's weights (so runs that differ
-        only in the fine-tune or the supervised column can share its checkpoints)."""
+        only in the fine-tune or the supervised column can share its checkpoints), and with
+        ``data`` the identity of the pair set, as in :meth:`fingerprint`."""
         names = ("model", "weights", "layer_name", "image_size", "ssl_epochs", "ssl_batch_size",
                  "ssl_learning_rate", "ssl_optimizer", "ssl_augmentation", "temperature", "head_output_dim", "head_layers",
                  "ssl_crop_scale", "pretrain_ratio", "seed")
-        everything = self.fingerprint()
-        return {name: everything[name] for name in names}
+        everything = self.fingerprint(data)
+        return {name: everything[name] for name in names + (("data",) if data is not None else ())}
 
     def replace(self, **changes: Any) -> "RunSettings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
