@@ -406,3 +406,43 @@ def test_cli_demo_refuses_a_folder_of_another_number_of_pairs(tmp_path, capsys):
     assert main(common + ["--pairs", "30"]) == 2
     assert "results computed on other data (20 pairs" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["pairs"] == 20
+
+
+def test_a_resumed_folder_says_which_command_computed_which_column(pairs, tmp_path, monkeypatch):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    TableRun(TINY, pairs, tmp_path, command="first command").run([PRETRAINED])
+    # resumed on another machine
+    monkeypatch.setattr("finetuner_selfsup.reproduce.runner.describe_environment", lambda device: {"machine": "other"})
+    TableRun(TINY.replace(eval_batch_size=7), pairs, tmp_path, command="second command").run([PRETRAINED, LABELS_ONLY])
+    TableRun(TINY, pairs, tmp_path, command="third command").run([PRETRAINED])  # computes nothing
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    # settings, environment and command are the first command's, which created the folder
+    assert saved["command"] == "first command" and saved["environment"] != {"machine": "other"}
+    assert [each["command"] for each in saved["invocations"]] == ["first command", "second command"]
+    assert saved["invocations"][0]["environment"] == saved["environment"]
+    first, second = saved["columns"][PRETRAINED], saved["columns"][LABELS_ONLY]
+    assert (first["command"], first["invocation"]) == ("first command", 0)
+    assert (second["command"], second["invocation"]) == ("second command", 1)
+    assert saved["invocations"][1]["environment"] == {"machine": "other"}
+    assert saved["invocations"][1]["settings"] == {"device": "cpu", "num_workers": 0, "eval_batch_size": 7}
+    assert saved["settings"]["eval_batch_size"] == TINY.eval_batch_size
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Produced by: `" not in markdown
+    assert f"- `first command`: {PRETRAINED}\n- `second command`: {LABELS_ONLY}\n" in markdown
+    assert f"### Environment of `second command` ({LABELS_ONLY})" in markdown and '"machine": "other"' in markdown
+
+
+def test_results_md_names_one_command_and_marks_columns_of_earlier_versions():
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+    from finetuner_selfsup.reproduce.runner import TableResults, render_markdown
+
+    results = TableResults(settings={}, data={}, environment={}, command="created it")
+    assert "Produced by: `created it`" in render_markdown(results, (1,), "t", "this run")
+    results.columns[PRETRAINED] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0}  # an earlier version's
+    assert "Produced by: `created it`" in render_markdown(results, (1,), "t", "this run")
+    results.columns[LABELS_ONLY] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0, "command": "this run"}
+    page = render_markdown(results, (1,), "t", "this run")
+    assert f"- not recorded (by an earlier version): {PRETRAINED}\n- `this run`: {LABELS_ONLY}" in page

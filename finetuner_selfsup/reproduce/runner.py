@@ -2,8 +2,12 @@
 
 Output folder layout::
 
-    results.json            settings, data, versions, hardware, and each finished column
-                            (metrics, and the rank of every query's partner)
+    results.json            settings, data, versions, hardware and command of the run that
+                            created the folder; each finished column (metrics, the rank of
+                            every query's partner, and the command that computed it); and
+                            under "invocations" every command that computed a column, with
+                            its versions, hardware, device, workers and evaluation batch (a
+                            resumed run may differ in these)
     results.md              the same as Markdown, table in the tutorial's format, and the
                             queries the self-supervision column ranked worst
     models/<column>.pt      final weights of each column's model (state_dict)
@@ -59,7 +63,7 @@ from .columns import (
     ColumnRunner,
 )
 from .environment import describe_environment
-from .settings import RunSettings
+from .settings import NOT_FINGERPRINTED, RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
 
@@ -68,10 +72,16 @@ logger = logging.getLogger("finetuner_selfsup")
 class TableResults:
     """What a run produced: metrics per column plus everything needed to judge them."""
 
+    #: settings, environment and command of the run that created the results
     settings: Dict[str, Any]
     data: Dict[str, Any]
     environment: Dict[str, Any]
     columns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    command: str = ""
+    #: every run that computed a column: its command, start, environment and the settings
+    #: outside the fingerprint (a column's ``invocation`` is its index here); results of
+    #: earlier versions have none
+    invocations: List[Dict[str, Any]] = field(default_factory=list)
 
     def metrics(self) -> Dict[str, Dict[str, float]]:
         return {name: column["metrics"] for name, column in self.columns.items()}
@@ -172,7 +182,10 @@ def _load_results(
                 f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
                 f"use another output folder, or delete it to start over."
             )
-    return TableResults(saved["settings"], saved["data"], saved["environment"], saved["columns"])
+    return TableResults(
+        saved["settings"], saved["data"], saved["environment"], saved["columns"],
+        command=saved.get("command", ""), invocations=saved.get("invocations", []),
+    )
 
 
 def _check_data_of_earlier_version(
@@ -212,13 +225,15 @@ def _metric_order(name: str) -> tuple:
 
 
 def render_markdown(results: TableResults, ks: Sequence[int], title: str, command: str) -> str:
-    """The results page: the tutorial's table, all metrics, settings and environment."""
+    """The results page: the tutorial's table, all metrics, settings and environment.
+
+    :param command: the command of this run, shown when the results record none."""
     order = [c for c in COLUMNS if c in results.columns]
     hit_table = (
         format_table({c: results.columns[c]["metrics"] for c in order}, ks)
         if order else "(no column has finished yet)"
     )
-    lines = [f"# {title}", "", f"Produced by: `{command}`", "", hit_table, ""]
+    lines = [f"# {title}", ""] + _produced_by(results, order, command) + ["", hit_table, ""]
     if order:
         names = sorted(results.columns[order[0]]["metrics"], key=_metric_order)
         lines += ["## All metrics", "", "| column | " + " | ".join(names) + " | wall time (s) |"]
@@ -239,7 +254,40 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
     lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
     lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
     lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
+    lines += _other_environments(results, order)
     return "\n".join(lines)
+
+
+def _produced_by(results: TableResults, order: Sequence[str], command: str) -> List[str]:
+    """Which command computed which column: one line when one command computed them all,
+    else a list (a resumed run; results of earlier versions did not record it)."""
+    by_command: Dict[str, List[str]] = {}
+    for column in order:
+        by_command.setdefault(results.columns[column].get("command", ""), []).append(column)
+    if len(by_command) <= 1:
+        only = next(iter(by_command), "") or results.command or command
+        return [f"Produced by: `{only}`"]
+    lines = ["Produced by, column by column (a resumed run; the settings below are the first "
+             "command's, and the others agree in everything that changes results -- results.json "
+             f"lists each one's {', '.join(NOT_FINGERPRINTED)} under invocations):", ""]
+    for each, columns in by_command.items():
+        who = f"`{each}`" if each else "not recorded (by an earlier version)"
+        lines.append(f"- {who}: {', '.join(columns)}")
+    return lines
+
+
+def _other_environments(results: TableResults, order: Sequence[str]) -> List[str]:
+    """The environment of every later command that computed a column, where it differs
+    from the first one's (shown under "Environment")."""
+    lines = []
+    for index, invocation in enumerate(results.invocations):
+        columns = [c for c in order if results.columns[c].get("invocation") == index]
+        if columns and invocation.get("environment") != results.environment:
+            lines += [
+                f"### Environment of `{invocation['command']}` ({', '.join(columns)})", "",
+                "```json", json.dumps(invocation.get("environment"), indent=2), "```", "",
+            ]
+    return lines
 
 
 def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
@@ -341,6 +389,10 @@ class TableRun:
         self.out_dir = Path(out_dir)
         self.title = title
         self.command = command
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.environment = describe_environment(settings.device)
+        #: this run's index in ``results.invocations``, once it has computed a column
+        self._invocation: Optional[int] = None
         self.pairs = load_tll(data_root)
         self.ssl_split = split_self_supervised(
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
@@ -372,7 +424,7 @@ class TableRun:
             loaded.data["identity"] = self.data_identity
             self.runner.adopt_checkpoints_without_data()
         self.results = loaded or TableResults(
-            settings=settings.to_dict(), data=data, environment=describe_environment(settings.device),
+            settings=settings.to_dict(), data=data, environment=self.environment, command=command,
         )
         # Written before any training, so that checkpoints in this folder are always
         # covered by the settings check of a later run.
@@ -465,6 +517,9 @@ class TableRun:
                 },
                 "wall_seconds": time.perf_counter() - started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                # a resumed folder's columns come from several commands (and machines)
+                "command": self.command,
+                "invocation": self._invocation_index(),
             }
             if column in self.runner.chosen_epochs:
                 self.results.columns[column]["chosen_epoch"] = self.runner.chosen_epochs[column]
@@ -473,6 +528,18 @@ class TableRun:
             self._save_curves()
             self.save()
         return self.results
+
+    def _invocation_index(self) -> int:
+        """This run's entry in ``results.invocations``, added when it computes its first column."""
+        if self._invocation is None:
+            self.results.invocations.append(
+                {
+                    "command": self.command, "started": self.started, "environment": self.environment,
+                    "settings": {name: getattr(self.settings, name) for name in NOT_FINGERPRINTED},
+                }
+            )
+            self._invocation = len(self.results.invocations) - 1
+        return self._invocation
 
     def evaluate(self, model: nn.Module):
         s = self.settings
@@ -490,7 +557,10 @@ class TableRun:
             "data": self.results.data,
             "environment": self.results.environment,
             "columns": self.results.columns,
-            "command": self.command,
+            # the command that created the folder, as settings and environment are its;
+            # each column and "invocations" say which command computed what
+            "command": self.results.command or self.command,
+            "invocations": self.results.invocations,
         }
         _atomic_write(self.out_dir / "results.json", json.dumps(data, indent=2))
         _atomic_write(

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 
+#: the settings that do not change results, so not in the fingerprint (a resumed run may
+#: change them; results.json records each run's under "invocations")
+NOT_FINGERPRINTED = ("device", "num_workers", "eval_batch_size")
 #: the values of ``RunSettings.label_selection``
 LABEL_SELECTIONS = ("first", "typical")
 #: the values of ``RunSettings.weights``
@@ -279,7 +282,7 @@ class RunSettings:
 
     def _settings_fingerprint(self) -> Dict[str, Any]:
         data = self.to_dict()
-        for name in ("device", "num_workers", "eval_batch_size"):
+        for name in NOT_FINGERPRINTED:
             data.pop(name)
         # what 'default' stands for has changed between versions: record the crops made
         data["ssl_crop_scale"] = list(self.ssl_crop_scale)
