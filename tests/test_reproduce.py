@@ -446,3 +446,39 @@ def test_results_md_names_one_command_and_marks_columns_of_earlier_versions():
     results.columns[LABELS_ONLY] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0, "command": "this run"}
     page = render_markdown(results, (1,), "t", "this run")
     assert f"- not recorded (by an earlier version): {PRETRAINED}\n- `this run`: {LABELS_ONLY}" in page
+
+
+def test_evaluation_and_every_embedding_use_the_num_workers_setting(pairs, tmp_path, monkeypatch):
+    """Evaluation, the example grid, label selection, early stopping's validation and the
+    pseudo-pairs embed images in a DataLoader like training: with --num-workers N workers."""
+    import inspect
+
+    from finetuner_selfsup import evaluation
+    from finetuner_selfsup.reproduce.columns import ColumnRunner
+    from finetuner_selfsup.reproduce.early_stopping import BestEpochKeeper
+
+    real, seen = evaluation.embed_documents, []
+
+    def embed_documents(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        seen.append(bound.arguments["num_workers"])
+        bound.arguments["num_workers"] = 0  # no worker processes in the test
+        return real(*bound.args, **bound.kwargs)
+
+    for module in ("finetuner_selfsup.evaluation", "finetuner_selfsup.reproduce.runner",
+                   "finetuner_selfsup.reproduce.pseudo_pairs"):
+        monkeypatch.setattr(f"{module}.embed_documents", embed_documents)
+    settings = TINY.replace(num_workers=2, label_selection="typical", recipe="pseudo-pairs")
+    run = TableRun(settings, pairs, tmp_path)
+    model = run.runner.pretrained()
+    run.evaluate(model)
+    assert seen == [2, 2]  # queries and index
+    run.runner.self_supervised_only = lambda pretrain: model  # no training: only the embedding matters
+    run.labelled_split()
+    run.save_examples(tmp_path / "examples.png", column="pre-trained", num_queries=2)
+    BestEpochKeeper((run.ssl_split.eval_left, run.ssl_split.eval_right), run.runner.plain_images, settings).score(model)
+    runner = ColumnRunner(settings, tmp_path / "checkpoints")
+    runner._self_supervised_finetune = lambda model, *rest: model  # the fine-tunes around the pairing
+    runner._pseudo_paired_finetune(model, run.ssl_split.pretrain, run.ssl_split.finetune)
+    assert len(seen) == 2 + 1 + 2 + 2 + 2 and set(seen) == {2}

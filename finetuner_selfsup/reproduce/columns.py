@@ -301,6 +301,7 @@ class ColumnRunner:
         documents, matches = make_pseudo_pairs(
             pairing, pretrain_unlabelled, self.plain_images, self.recipe.pseudo_pairs,
             matching=self.recipe.pseudo_pair_matching, batch_size=s.eval_batch_size, device=s.device,
+            num_workers=s.num_workers,
         )
         self.pseudo_pairs[SELF_SUPERVISED] = [(left.uri, right.uri, margin) for left, right, margin in matches]
         logger.info("pseudo-pairs: %d pairs (%s matching) made of %d unlabelled images",

@@ -464,7 +464,7 @@ class TableRun:
             queries = list(cut.pretrain[: len(cut.pretrain) // 2]) + list(cut.finetune[: len(cut.finetune) // 2])
             chosen = choose_for_labelling(
                 model, queries, len(cut.finetune) // 2, preprocess_fn=self.runner.plain_images,
-                batch_size=s.eval_batch_size, device=s.device, seed=s.seed or 0,
+                batch_size=s.eval_batch_size, device=s.device, seed=s.seed or 0, num_workers=s.num_workers,
             )
             self._labelled_split = split_self_supervised_with_chosen_labels(
                 self.pairs, chosen, s.pretrain_ratio, s.finetune_ratio
@@ -546,7 +546,7 @@ class TableRun:
         return evaluate_pairs(
             model, self.ssl_split.eval_left, self.ssl_split.eval_right,
             preprocess_fn=self.runner.plain_images, ks=s.ks, batch_size=s.eval_batch_size,
-            device=s.device,
+            device=s.device, num_workers=s.num_workers,
         )
 
     # -- outputs ---------------------------------------------------------------------
@@ -586,8 +586,11 @@ class TableRun:
 
         model = self._train_or_load(column)
         s, left, right = self.settings, self.ssl_split.eval_left, self.ssl_split.eval_right
-        query_emb = embed_documents(left, model, self.runner.plain_images, s.eval_batch_size, s.device)
-        index_emb = embed_documents(right, model, self.runner.plain_images, s.eval_batch_size, s.device)
+        query_emb, index_emb = (
+            embed_documents(docs, model, self.runner.plain_images, s.eval_batch_size, s.device,
+                            num_workers=s.num_workers)
+            for docs in (left, right)
+        )
         indices, _ = top_k(query_emb, index_emb, 5)
         partner = pair_keys_to_partner(
             [document_key(d) for d in left], [document_key(d) for d in right]
