@@ -448,6 +448,16 @@ def test_results_md_names_one_command_and_marks_columns_of_earlier_versions():
     assert f"- not recorded (by an earlier version): {PRETRAINED}\n- `this run`: {LABELS_ONLY}" in page
 
 
+def test_columns_help_names_every_column():
+    from finetuner_selfsup.cli import build_parser
+
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    (columns,) = [action for action in demo._actions if action.dest == "columns"]
+    text = columns.help % {}
+    assert "all five" in text and len(COLUMNS) == 5
+    assert all(repr(column) in text for column in COLUMNS)
+
+
 def test_evaluation_and_every_embedding_use_the_num_workers_setting(pairs, tmp_path, monkeypatch):
     """Evaluation, the example grid, label selection, early stopping's validation and the
     pseudo-pairs embed images in a DataLoader like training: with --num-workers N workers."""
