@@ -138,6 +138,10 @@ def main() -> int:
     for item in args.set:
         key, _, text = item.partition("=")
         settings = settings.replace(**{key: _parse_value(settings, key, text)})
+    try:
+        settings.validate()  # before the data are generated or anything trains
+    except ValueError as error:
+        parser.error(str(error))
     command = "python bench/label_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results: Dict[str, Dict[str, List[dict]]] = {}
     for dataset in args.datasets:

@@ -55,7 +55,8 @@ def _settings(base: RunSettings, args: argparse.Namespace) -> RunSettings:
         from .reproduce.recipes import checked_recipe_name
 
         changes["recipe"] = checked_recipe_name(changes["recipe"])  # fails before any work
-    return base.replace(**changes)
+    # every value checked before the demo data is generated or anything trains
+    return base.replace(**changes).validate()
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +78,10 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
                         "docs page 'Label efficiency')")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any other setting, e.g. --set temperature=0.2 (repeatable)")
+    # the names of reproduce.columns.COLUMNS, written out so that --help needs no torch import
     parser.add_argument("--columns", nargs="+", metavar="COLUMN",
-                        help="only these columns (default: all four)")
+                        help="only these columns, of 'pre-trained', 'fine-tuned', 'self-supervision', "
+                             "'10%% labels only' and 'self-supervised only' (default: all five)")
     parser.add_argument("--save-examples", dest="save_examples", type=Path, metavar="PNG",
                         help="write a grid of queries with their top-5 results")
 

@@ -101,6 +101,7 @@ def choose_for_labelling(
     device: DeviceLike = "cpu",
     seed: int = 0,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> List[int]:
     """Indices of the ``count`` documents of ``docs`` to label first: embed them with
     ``model`` (as evaluation does: ``preprocess_fn`` per document, eval mode) and keep the
@@ -112,6 +113,8 @@ def choose_for_labelling(
     first ``ft.fit`` returns) is used without it: the backbone's embeddings are those the
     fine-tune starts from, and SimCLR's head output is the less general of the two.
 
+    :param num_workers: DataLoader worker processes that read the images (as in
+        :func:`~finetuner_selfsup.evaluation.embed_documents`).
     :raises ValueError: ``count`` is not between 1 and ``len(docs)``.
     """
     from .evaluation import embed_documents
@@ -123,6 +126,6 @@ def choose_for_labelling(
         raise ValueError(f"cannot choose {count} of {len(docs)} documents to label; choose between 1 and {len(docs)}")
     embeddings = embed_documents(
         docs, model, preprocess_fn=preprocess_fn, batch_size=batch_size, device=device,
-        progress=progress, description="Embedding images to choose labels",
+        progress=progress, num_workers=num_workers, description="Embedding images to choose labels",
     )
     return typical_per_cluster(embeddings, count, seed=seed)

@@ -336,6 +336,18 @@ def test_ssl_optimizer_names_give_fit_arguments():
         self_supervised_optimizer(TINY.replace(ssl_optimizer="sgd"))
 
 
+@pytest.mark.parametrize("optimizer", ["default", "lars"])
+def test_a_learning_rate_the_ssl_optimizer_does_not_use_is_refused(optimizer):
+    """'default' and 'lars' set their own learning rate: another ssl_learning_rate would be
+    recorded in results.json (and the fingerprint) while training at the same rate."""
+    with pytest.raises(ValueError, match=f"ssl_learning_rate=0.5 is not used by ssl_optimizer='{optimizer}'.*"
+                                         "only 'adam' and 'adamw-cosine' train at ssl_learning_rate"):
+        TINY.replace(ssl_optimizer=optimizer, ssl_learning_rate=0.5).validate()
+    assert TINY.replace(ssl_optimizer=optimizer).validate()  # the default rate: what runs recorded
+    for used in ("adam", "adamw-cosine"):
+        assert TINY.replace(ssl_optimizer=used, ssl_learning_rate=0.5).validate()
+
+
 def test_results_record_the_crops_that_default_stands_for():
     """'default' has meant other crops in earlier versions: the fingerprint (results-folder
     check and self-supervised checkpoint name) holds the crop range itself."""

@@ -264,3 +264,231 @@ def test_hardest_queries_lists_the_worst_ten_and_tolerates_columns_without_ranks
     assert [row.split(" | ")[0][2:] for row in rows] == worst
     assert rows[0] == f"| {worst[0]} | 30 | 30 |"  # only the columns that have ranks
     assert f"| query | {SELF_SUPERVISED} | {LABELS_ONLY} |" in section
+
+
+def test_the_presets_are_valid_settings():
+    assert DEMO.validate() is DEMO and TUTORIAL.validate() is TUTORIAL and TINY.validate() is TINY
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ssl_optimizer": "larss"}, "ssl_optimizer must be one of 'default', 'adam', 'adamw-cosine', 'lars', got 'larss'"),
+    ({"ks": (10, 0)}, r"ks must be one or more integers >= 1"),
+    ({"pretrain_ratio": 0.9}, r"pretrain_ratio \+ finetune_ratio must be below 1"),
+    ({"ssl_epochs": -3}, "ssl_epochs must be an integer >= 1, got -3"),
+    ({"temperature": float("nan")}, "temperature must be a positive finite number, got nan"),
+    ({"margin": float("nan")}, "margin must be a non-negative finite number, got nan"),
+    ({"finetune_ratio": 0.0}, "finetune_ratio must be a positive finite number"),
+    ({"weights": "imagnet"}, "weights must be one of 'imagenet', 'none', got 'imagnet'"),
+    ({"label_selection": "best"}, "label_selection must be one of 'first', 'typical', got 'best'"),
+    ({"ssl_augmentation": "crop-2"}, "ssl_augmentation must be"),
+    ({"recipe": "head-layer", "head_layers": 1}, "use head_layers >= 2"),
+    ({"finetune_batch_size": 3}, r"finetune_batch_size must be an integer >= 4"),
+    ({"finetune_seed": -1}, "finetune_seed must be an integer >= 0 or none"),
+    ({"device": "gpu"}, "device: Unknown device 'gpu'"),
+])
+def test_bad_settings_are_refused_before_the_data_are_read(pairs, tmp_path, monkeypatch, changes, message):
+    def read(root):
+        pytest.fail("the data were read before the settings were checked")
+
+    monkeypatch.setattr("finetuner_selfsup.reproduce.runner.load_tll", read)
+    with pytest.raises(ValueError, match=message):
+        TableRun(TINY.replace(**changes), pairs, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_every_bad_setting_is_listed_at_once():
+    with pytest.raises(ValueError) as error:
+        TINY.replace(ssl_epochs=0, temperature=-1.0, model="vgg").validate()
+    assert all(name in str(error.value) for name in ("ssl_epochs", "temperature", "model must be one of 'resnet18'"))
+
+
+def test_ratios_that_leave_a_part_of_the_split_empty_on_the_data_are_refused(pairs, tmp_path):
+    # 30 pairs: the first 70 % are 21 pairs and the first 71 % too, so no pair is labelled
+    with pytest.raises(ValueError, match=r"30 pairs .* leave no labelled pairs"):
+        TableRun(TINY.replace(finetune_ratio=0.01, supervised_ratio=0.7), pairs, tmp_path)
+
+
+def test_cli_refuses_a_bad_set_value_before_generating_data(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--pairs", "30", "--set", "ssl_optimizer=larss"]) == 2
+    assert "ssl_optimizer must be one of 'default', 'adam', 'adamw-cosine', 'lars'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("changes", [{"pretrain_ratio": 0.6}, {"supervised_ratio": 0.9}])
+def test_a_supervised_split_that_reaches_into_the_evaluation_pairs_is_refused(pairs, tmp_path, changes):
+    with pytest.raises(ValueError, match=r"supervised_ratio \(0\.[89]\) must be at most pretrain_ratio \+ finetune_ratio"):
+        TableRun(TINY.replace(**changes), pairs, tmp_path)
+
+
+@pytest.mark.parametrize("changes", [{}, {"supervised_ratio": 0.5}, {"pretrain_ratio": 0.6, "supervised_ratio": 0.7}])
+def test_the_supervised_column_never_trains_on_evaluation_images(pairs, tmp_path, changes):
+    run = TableRun(TINY.replace(**changes), pairs, tmp_path)
+    evaluated = {d.uri for d in run.ssl_split.eval_left} | {d.uri for d in run.ssl_split.eval_right}
+    assert evaluated and not {d.uri for d in run.sup_split.train} & evaluated
+
+
+def test_the_refusal_names_a_setting_only_the_old_results_recorded(pairs, tmp_path):
+    # label_selection is in the fingerprint only when it is not 'first' (older files lack it)
+    TableRun(TINY.replace(label_selection="typical"), pairs, tmp_path)
+    with pytest.raises(ValueError, match=r"differing: label_selection\)"):
+        TableRun(TINY, pairs, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def other_pairs(tmp_path_factory):
+    """As many pairs as ``pairs``, with the same file names, drawn from another seed."""
+    return make_demo_pairs(tmp_path_factory.mktemp("other-pairs"), num_pairs=30, image_size=(32, 32), seed=1)
+
+
+def test_results_of_other_data_in_the_same_folder_are_refused(pairs, other_pairs, tmp_path):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    run = TableRun(TINY, pairs, tmp_path / "out")
+    run.run([PRETRAINED])
+    assert run.results.data["identity"] == {"pairs": 30, "sha256": run.data_identity["sha256"]}
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["fingerprint"]["data"] == run.data_identity
+    with pytest.raises(ValueError, match=r"results computed on other data \(30 pairs from .*; given now: 30 pairs "
+                                         r"from .*\); use another output folder \(--out\), or delete .*results.json"):
+        TableRun(TINY, other_pairs, tmp_path / "out")
+    # the self-supervised checkpoints of other data are not resumed either
+    one, two = (TableRun(TINY, data, tmp_path / name).runner for data, name in ((pairs, "a"), (other_pairs, "b")))
+    assert one.self_supervised_checkpoints().name != two.self_supervised_checkpoints().name
+    # the same files elsewhere are the same data: the finished column is kept
+    import shutil
+
+    moved = shutil.copytree(pairs, tmp_path / "moved")
+    again = TableRun(TINY, moved, tmp_path / "out")
+    assert again.run([PRETRAINED]).columns == run.results.columns
+
+
+def _as_written_by_an_earlier_version(run: TableRun) -> None:
+    """Rewrite ``run``'s folder as versions without the data's identity left it."""
+    path = run.out_dir / "results.json"
+    saved = json.loads(path.read_text())
+    del saved["fingerprint"]["data"], saved["data"]["identity"]
+    path.write_text(json.dumps(saved))
+    new = run.runner.self_supervised_checkpoints()
+    if new.exists():
+        new.rename(run.runner.self_supervised_checkpoints(without_data=True))
+
+
+def test_results_of_an_earlier_version_are_resumed_on_the_same_data_only(pairs, tmp_path):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    settings = TINY.replace(ssl_epochs=1)
+    run = TableRun(settings, pairs, tmp_path)
+    run.run([PRETRAINED])
+    run.runner.self_supervised_pretraining(run.ssl_split.pretrain)
+    _as_written_by_an_earlier_version(run)
+
+    resumed = TableRun(settings, pairs, tmp_path)
+    assert resumed.results.columns == run.results.columns
+    assert resumed.results.data["identity"] == run.data_identity
+    assert json.loads((tmp_path / "results.json").read_text())["fingerprint"]["data"] == run.data_identity
+    # its self-supervised checkpoints are resumed under their new name: no batch is trained
+    assert resumed.runner.self_supervised_checkpoints().is_dir()
+    resumed.runner.self_supervised_pretraining(resumed.ssl_split.pretrain)
+    assert resumed.runner.recorders[f"{SELF_SUPERVISED}/pre-training"].losses == []
+
+    _as_written_by_an_earlier_version(resumed)
+    fewer = make_demo_pairs(tmp_path / "fewer", num_pairs=20, image_size=(32, 32), seed=0)
+    with pytest.raises(ValueError, match=r"written by an earlier version .* differing: pairs 30 \(now 20\).*"
+                                         r"use another output folder \(--out\), or delete .*results.json to start over"):
+        TableRun(settings, fewer, tmp_path)
+
+
+def test_cli_demo_refuses_a_folder_of_another_number_of_pairs(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    common = ["demo", "--out", out, "--image-size", "32", "--columns", "pre-trained"]
+    assert main(common + ["--pairs", "20"]) == 0
+    assert main(common + ["--pairs", "30"]) == 2
+    assert "results computed on other data (20 pairs" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["data"]["pairs"] == 20
+
+
+def test_a_resumed_folder_says_which_command_computed_which_column(pairs, tmp_path, monkeypatch):
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+
+    TableRun(TINY, pairs, tmp_path, command="first command").run([PRETRAINED])
+    # resumed on another machine
+    monkeypatch.setattr("finetuner_selfsup.reproduce.runner.describe_environment", lambda device: {"machine": "other"})
+    TableRun(TINY.replace(eval_batch_size=7), pairs, tmp_path, command="second command").run([PRETRAINED, LABELS_ONLY])
+    TableRun(TINY, pairs, tmp_path, command="third command").run([PRETRAINED])  # computes nothing
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    # settings, environment and command are the first command's, which created the folder
+    assert saved["command"] == "first command" and saved["environment"] != {"machine": "other"}
+    assert [each["command"] for each in saved["invocations"]] == ["first command", "second command"]
+    assert saved["invocations"][0]["environment"] == saved["environment"]
+    first, second = saved["columns"][PRETRAINED], saved["columns"][LABELS_ONLY]
+    assert (first["command"], first["invocation"]) == ("first command", 0)
+    assert (second["command"], second["invocation"]) == ("second command", 1)
+    assert saved["invocations"][1]["environment"] == {"machine": "other"}
+    assert saved["invocations"][1]["settings"] == {"device": "cpu", "num_workers": 0, "eval_batch_size": 7}
+    assert saved["settings"]["eval_batch_size"] == TINY.eval_batch_size
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Produced by: `" not in markdown
+    assert f"- `first command`: {PRETRAINED}\n- `second command`: {LABELS_ONLY}\n" in markdown
+    assert f"### Environment of `second command` ({LABELS_ONLY})" in markdown and '"machine": "other"' in markdown
+
+
+def test_results_md_names_one_command_and_marks_columns_of_earlier_versions():
+    from finetuner_selfsup.reproduce.columns import PRETRAINED
+    from finetuner_selfsup.reproduce.runner import TableResults, render_markdown
+
+    results = TableResults(settings={}, data={}, environment={}, command="created it")
+    assert "Produced by: `created it`" in render_markdown(results, (1,), "t", "this run")
+    results.columns[PRETRAINED] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0}  # an earlier version's
+    assert "Produced by: `created it`" in render_markdown(results, (1,), "t", "this run")
+    results.columns[LABELS_ONLY] = {"metrics": {"hit@1": 0.5}, "wall_seconds": 1.0, "command": "this run"}
+    page = render_markdown(results, (1,), "t", "this run")
+    assert f"- not recorded (by an earlier version): {PRETRAINED}\n- `this run`: {LABELS_ONLY}" in page
+
+
+def test_columns_help_names_every_column():
+    from finetuner_selfsup.cli import build_parser
+
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    (columns,) = [action for action in demo._actions if action.dest == "columns"]
+    text = columns.help % {}
+    assert "all five" in text and len(COLUMNS) == 5
+    assert all(repr(column) in text for column in COLUMNS)
+
+
+def test_evaluation_and_every_embedding_use_the_num_workers_setting(pairs, tmp_path, monkeypatch):
+    """Evaluation, the example grid, label selection, early stopping's validation and the
+    pseudo-pairs embed images in a DataLoader like training: with --num-workers N workers."""
+    import inspect
+
+    from finetuner_selfsup import evaluation
+    from finetuner_selfsup.reproduce.columns import ColumnRunner
+    from finetuner_selfsup.reproduce.early_stopping import BestEpochKeeper
+
+    real, seen = evaluation.embed_documents, []
+
+    def embed_documents(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        seen.append(bound.arguments["num_workers"])
+        bound.arguments["num_workers"] = 0  # no worker processes in the test
+        return real(*bound.args, **bound.kwargs)
+
+    for module in ("finetuner_selfsup.evaluation", "finetuner_selfsup.reproduce.runner",
+                   "finetuner_selfsup.reproduce.pseudo_pairs"):
+        monkeypatch.setattr(f"{module}.embed_documents", embed_documents)
+    settings = TINY.replace(num_workers=2, label_selection="typical", recipe="pseudo-pairs")
+    run = TableRun(settings, pairs, tmp_path)
+    model = run.runner.pretrained()
+    run.evaluate(model)
+    assert seen == [2, 2]  # queries and index
+    run.runner.self_supervised_only = lambda pretrain: model  # no training: only the embedding matters
+    run.labelled_split()
+    run.save_examples(tmp_path / "examples.png", column="pre-trained", num_queries=2)
+    BestEpochKeeper((run.ssl_split.eval_left, run.ssl_split.eval_right), run.runner.plain_images, settings).score(model)
+    runner = ColumnRunner(settings, tmp_path / "checkpoints")
+    runner._self_supervised_finetune = lambda model, *rest: model  # the fine-tunes around the pairing
+    runner._pseudo_paired_finetune(model, run.ssl_split.pretrain, run.ssl_split.finetune)
+    assert len(seen) == 2 + 1 + 2 + 2 + 2 and set(seen) == {2}

@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -40,7 +41,7 @@ from .backbones import build_backbone, embedding_width
 from .early_stopping import BestEpochKeeper, split_validation
 from .pseudo_pairs import check_sides, make_pseudo_pairs
 from .recipes import Recipe, get_recipe
-from .settings import RunSettings
+from .settings import SSL_OPTIMIZERS, RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
 
@@ -90,17 +91,23 @@ class ColumnRunner:
     """Trains the models of the columns from one :class:`RunSettings` and the data splits.
 
     :param checkpoint_dir: where stage checkpoints go (resume after an interruption). The
-        self-supervised stage's folder is named after a digest of its settings, so runs
-        with other fine-tune settings can share it.
+        self-supervised stage's folder is named after a digest of its settings and of
+        ``data_identity``, so runs with other fine-tune settings can share it and runs on
+        other data do not.
+    :param data_identity: the pair set's identity (:func:`~.runner.data_identity`); None
+        names the folder after the settings alone, as earlier versions did.
     :param recorders: filled with one :class:`LossRecorder` per fit, keyed
         ``"<column>/<stage>"``, for the loss curves.
     :param chosen_epochs: with an early-stopping recipe, the fine-tuning epoch kept per
         column (0 = the starting model).
     """
 
-    def __init__(self, settings: RunSettings, checkpoint_dir: Path) -> None:
+    def __init__(
+        self, settings: RunSettings, checkpoint_dir: Path, data_identity: Optional[Dict[str, Any]] = None
+    ) -> None:
         self.settings = settings
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.data_identity = data_identity
         self.recipe: Recipe = get_recipe(settings.recipe)
         self.recorders: Dict[str, LossRecorder] = {}
         self.chosen_epochs: Dict[str, int] = {}
@@ -190,15 +197,37 @@ class ColumnRunner:
             return self._starting_model(self._with_head())
         return self.cut(self.backbone())
 
+    def self_supervised_checkpoints(self, without_data: bool = False) -> Path:
+        """The self-supervised stage's checkpoint folder: named after a digest of
+        :meth:`RunSettings.self_supervised_fingerprint` with the data's identity, or with
+        ``without_data`` of the settings alone (the name earlier versions gave it)."""
+        data = None if without_data else self.data_identity
+        digest = hashlib.sha256(
+            json.dumps(self.settings.self_supervised_fingerprint(data), sort_keys=True).encode()
+        ).hexdigest()[:12]
+        return self.checkpoint_dir / f"self-supervised-pretraining-{digest}"
+
+    def adopt_checkpoints_without_data(self) -> bool:
+        """Rename a checkpoint folder an earlier version named after the settings alone to
+        the name with the data's identity, so that its finished epochs are resumed. Only for
+        a caller that has checked the folder's results were made on the same data (a shared
+        checkpoint folder cannot tell). Returns whether a folder was renamed."""
+        if self.data_identity is None:
+            return False
+        old, new = self.self_supervised_checkpoints(without_data=True), self.self_supervised_checkpoints()
+        if not old.is_dir() or new.exists():
+            return False
+        os.replace(old, new)
+        logger.info("self-supervised checkpoints of an earlier version: %s renamed to %s (the data's "
+                    "identity is now part of the name)", old.name, new.name)
+        return True
+
     def _pretrain(self, pretrain_unlabelled) -> nn.Module:
         s = self.settings
         model = self._with_head()
         # The engine's own checkpoints: a killed run continues after its last finished
         # epoch, with the random states and batch order of an uninterrupted run.
-        digest = hashlib.sha256(
-            json.dumps(s.self_supervised_fingerprint(), sort_keys=True).encode()
-        ).hexdigest()[:12]
-        save_dir = str(self.checkpoint_dir / f"self-supervised-pretraining-{digest}")
+        save_dir = str(self.self_supervised_checkpoints())
         recorder = self.recorders.setdefault(f"{SELF_SUPERVISED}/pre-training", LossRecorder())
         fit(
             model, pretrain_unlabelled, epochs=s.ssl_epochs, batch_size=s.ssl_batch_size,
@@ -272,6 +301,7 @@ class ColumnRunner:
         documents, matches = make_pseudo_pairs(
             pairing, pretrain_unlabelled, self.plain_images, self.recipe.pseudo_pairs,
             matching=self.recipe.pseudo_pair_matching, batch_size=s.eval_batch_size, device=s.device,
+            num_workers=s.num_workers,
         )
         self.pseudo_pairs[SELF_SUPERVISED] = [(left.uri, right.uri, margin) for left, right, margin in matches]
         logger.info("pseudo-pairs: %d pairs (%s matching) made of %d unlabelled images",
@@ -391,7 +421,7 @@ def self_supervised_optimizer(settings: RunSettings) -> Dict[str, Any]:
     if name == "lars":
         warmup = max(1, settings.ssl_epochs // 10)
         return {"configure_optimizer": LargeBatchRecipe(base_lr=0.3, scaling="linear", warmup_epochs=warmup)}
-    raise ValueError(f"ssl_optimizer must be 'default', 'adam', 'adamw-cosine' or 'lars', got {name!r}")
+    raise ValueError(f"ssl_optimizer must be one of {', '.join(map(repr, SSL_OPTIMIZERS))}, got {name!r}")
 
 
 def self_supervised_views(settings: RunSettings) -> VisionPreprocessor:

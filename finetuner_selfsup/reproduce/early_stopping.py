@@ -77,6 +77,7 @@ class BestEpochKeeper(Callback):
         result = evaluate_pairs(
             model, self.left, self.right, preprocess_fn=self.preprocess_fn, ks=(1,),
             batch_size=s.eval_batch_size, device=s.device, both_directions=True, progress=False,
+            num_workers=s.num_workers,
         )
         return float(result.mean_metrics["mrr"])
 

@@ -144,6 +144,7 @@ def make_pseudo_pairs(
     matching: str = "mutual",
     batch_size: int = 64,
     device: str = "cpu",
+    num_workers: int = 0,
 ) -> Tuple[Any, List[Tuple[Any, Any, float]]]:
     """Labelled copies of matched unlabelled images, for a fine-tune beside the real pairs.
 
@@ -151,6 +152,7 @@ def make_pseudo_pairs(
         of largest margin.
     :param matching: ``'mutual'`` (:func:`mutual_nearest_pairs`) or ``'assignment'``
         (:func:`assigned_pairs`).
+    :param num_workers: DataLoader worker processes that read the images.
     :return: ``(documents, matches)``: new documents (id and uri of the originals, a
         ``pseudo-pair:<left id>`` label on both images of a pair; the originals are not
         touched) and, per kept pair, ``(left document, right document, margin)``.
@@ -165,7 +167,8 @@ def make_pseudo_pairs(
 
     def embed(docs: List[Any]) -> torch.Tensor:
         return embed_documents(
-            docs, model, preprocess_fn=preprocess_fn, batch_size=batch_size, device=device, progress=False
+            docs, model, preprocess_fn=preprocess_fn, batch_size=batch_size, device=device, progress=False,
+            num_workers=num_workers,
         )
 
     matchers = {"mutual": mutual_nearest_pairs, "assignment": assigned_pairs}

@@ -2,8 +2,12 @@
 
 Output folder layout::
 
-    results.json            settings, data, versions, hardware, and each finished column
-                            (metrics, and the rank of every query's partner)
+    results.json            settings, data, versions, hardware and command of the run that
+                            created the folder; each finished column (metrics, the rank of
+                            every query's partner, and the command that computed it); and
+                            under "invocations" every command that computed a column, with
+                            its versions, hardware, device, workers and evaluation batch (a
+                            resumed run may differ in these)
     results.md              the same as Markdown, table in the tutorial's format, and the
                             queries the self-supervision column ranked worst
     models/<column>.pt      final weights of each column's model (state_dict)
@@ -11,11 +15,15 @@ Output folder layout::
     curves/<column>--<stage>.png   training loss of every fit
 
 A column already in ``results.json`` is not recomputed, nor is a finished epoch of the
-self-supervised stage; a results file made with other settings is refused (use another
-output folder) rather than mixed with the new numbers.
+self-supervised stage; a results file made with other settings or on other data (its
+``fingerprint`` holds the settings and :func:`data_identity`) is refused (use another
+output folder) rather than mixed with the new numbers. A results file of an earlier
+version, which did not record the data's identity, is resumed when its recorded pair
+count, split sizes and evaluation queries are those of the data given now.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,9 +38,11 @@ from torch import nn
 
 from ..data import (
     SelfSupervisedSplit,
+    TLLPairs,
     load_tll,
     split_self_supervised,
     split_self_supervised_with_chosen_labels,
+    pair_name,
     split_supervised,
 )
 from ..evaluation import (
@@ -53,7 +63,7 @@ from .columns import (
     ColumnRunner,
 )
 from .environment import describe_environment
-from .settings import RunSettings
+from .settings import NOT_FINGERPRINTED, RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
 
@@ -62,10 +72,16 @@ logger = logging.getLogger("finetuner_selfsup")
 class TableResults:
     """What a run produced: metrics per column plus everything needed to judge them."""
 
+    #: settings, environment and command of the run that created the results
     settings: Dict[str, Any]
     data: Dict[str, Any]
     environment: Dict[str, Any]
     columns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    command: str = ""
+    #: every run that computed a column: its command, start, environment and the settings
+    #: outside the fingerprint (a column's ``invocation`` is its index here); results of
+    #: earlier versions have none
+    invocations: List[Dict[str, Any]] = field(default_factory=list)
 
     def metrics(self) -> Dict[str, Dict[str, float]]:
         return {name: column["metrics"] for name, column in self.columns.items()}
@@ -96,20 +112,109 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _load_results(path: Path, settings: RunSettings) -> Optional[TableResults]:
+def _differing(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The keys whose values differ between two fingerprints, a key that only one of them
+    has included (e.g. label_selection, recorded only when it is not 'first')."""
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
+def data_identity(pairs: TLLPairs) -> Dict[str, Any]:
+    """A cheap identity of a pair set: the number of pairs and a SHA-256 of every image's
+    side, file name and size in bytes (sorted), from the file system without reading an
+    image. The same files give the same identity wherever the folder is; adding, removing
+    or renaming a pair, or re-encoding an image, changes it (an edit that keeps a file's
+    exact size does not). Part of the results' and the self-supervised checkpoints'
+    fingerprints, so that a run on other data does not take their columns or epochs."""
+    entries = sorted(
+        f"{side}/{pair_name(doc)}\t{os.path.getsize(doc.uri)}"
+        for side, docs in (("left", pairs.left), ("right", pairs.right))
+        for doc in docs
+    )
+    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    return {"pairs": len(pairs), "sha256": digest}
+
+
+#: what results.json's "data" records of the split; for a results file from before the
+#: data's identity was recorded, these (and the evaluation queries) must match the data
+SPLIT_SIZES = (
+    "pairs", "self_supervised_pretrain_images", "finetune_images", "supervised_train_images",
+    "eval_queries", "eval_index",
+)
+
+
+def _start_over(path: Path) -> str:
+    return (f"use another output folder (--out), or delete {path} to start over (every column "
+            f"is then computed afresh)")
+
+
+def _load_results(
+    path: Path, settings: RunSettings, data: Dict[str, Any], eval_queries: Sequence[str]
+) -> Optional[TableResults]:
+    """The results in ``path`` if they were made with ``settings`` on the data described by
+    ``data`` (``TableRun``'s ``results.data``, its ``identity`` included) whose evaluation
+    queries are ``eval_queries``; None without a file.
+
+    :raises ValueError: the file holds results of other settings or other data.
+    """
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != settings.fingerprint():
-        changed = sorted(
-            key for key, value in settings.fingerprint().items()
-            if saved.get("fingerprint", {}).get(key) != value
-        )
+    old = saved.get("fingerprint") or {}
+    if old != settings.fingerprint(data["identity"]):
+        if "data" not in old:
+            # written before the data's identity was recorded: compare the settings, then
+            # what the file recorded of the data
+            changed = _differing(old, settings.fingerprint())
+            if not changed:
+                _check_data_of_earlier_version(path, saved, data, eval_queries)
+        else:
+            changed = _differing(old, settings.fingerprint(data["identity"]))
+        if changed == ["data"]:
+            recorded = saved.get("data", {})
+            raise ValueError(
+                f"{path} holds results computed on other data ({old['data'].get('pairs')} pairs from "
+                f"{recorded.get('root', '?')}, sha256 {str(old['data'].get('sha256'))[:12]}; given now: "
+                f"{data['pairs']} pairs from {data['root']}, sha256 {data['identity']['sha256'][:12]}); "
+                f"{_start_over(path)}."
+            )
+        if changed:
+            raise ValueError(
+                f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
+                f"use another output folder, or delete it to start over."
+            )
+    return TableResults(
+        saved["settings"], saved["data"], saved["environment"], saved["columns"],
+        command=saved.get("command", ""), invocations=saved.get("invocations", []),
+    )
+
+
+def _check_data_of_earlier_version(
+    path: Path, saved: Dict[str, Any], data: Dict[str, Any], eval_queries: Sequence[str]
+) -> None:
+    """Accept a results file of an earlier version (no data identity in its fingerprint)
+    when its recorded pair count and split sizes, and the queries of every column's ranks,
+    are those of the data given now; else raise, saying what to do."""
+    recorded = saved.get("data", {})
+    differing = [
+        f"{key} {recorded.get(key)} (now {data[key]})" for key in SPLIT_SIZES if recorded.get(key) != data[key]
+    ]
+    queries = sorted(eval_queries)
+    for column, record in saved.get("columns", {}).items():
+        if record.get("ranks") and sorted(record["ranks"]) != queries:
+            differing.append(f"the evaluation queries of column {column!r}")
+            break
+    if differing:
         raise ValueError(
-            f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
-            f"use another output folder, or delete it to start over."
+            f"{path} was written by an earlier version of finetuner-selfsup, which did not record "
+            f"the identity of the data, and what it recorded does not match the data given now "
+            f"({recorded.get('root', '?')} then, {data['root']} now; differing: {', '.join(differing)}): "
+            f"its results were computed on other data; {_start_over(path)}."
         )
-    return TableResults(saved["settings"], saved["data"], saved["environment"], saved["columns"])
+    logger.warning(
+        "%s was written by an earlier version, which did not record the identity of the data; its "
+        "pair count, split sizes and evaluation queries match %s, so its columns are kept, and the "
+        "data's identity is recorded from now on", path, data["root"],
+    )
 
 
 def _metric_order(name: str) -> tuple:
@@ -120,13 +225,15 @@ def _metric_order(name: str) -> tuple:
 
 
 def render_markdown(results: TableResults, ks: Sequence[int], title: str, command: str) -> str:
-    """The results page: the tutorial's table, all metrics, settings and environment."""
+    """The results page: the tutorial's table, all metrics, settings and environment.
+
+    :param command: the command of this run, shown when the results record none."""
     order = [c for c in COLUMNS if c in results.columns]
     hit_table = (
         format_table({c: results.columns[c]["metrics"] for c in order}, ks)
         if order else "(no column has finished yet)"
     )
-    lines = [f"# {title}", "", f"Produced by: `{command}`", "", hit_table, ""]
+    lines = [f"# {title}", ""] + _produced_by(results, order, command) + ["", hit_table, ""]
     if order:
         names = sorted(results.columns[order[0]]["metrics"], key=_metric_order)
         lines += ["## All metrics", "", "| column | " + " | ".join(names) + " | wall time (s) |"]
@@ -147,7 +254,40 @@ def render_markdown(results: TableResults, ks: Sequence[int], title: str, comman
     lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
     lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
     lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
+    lines += _other_environments(results, order)
     return "\n".join(lines)
+
+
+def _produced_by(results: TableResults, order: Sequence[str], command: str) -> List[str]:
+    """Which command computed which column: one line when one command computed them all,
+    else a list (a resumed run; results of earlier versions did not record it)."""
+    by_command: Dict[str, List[str]] = {}
+    for column in order:
+        by_command.setdefault(results.columns[column].get("command", ""), []).append(column)
+    if len(by_command) <= 1:
+        only = next(iter(by_command), "") or results.command or command
+        return [f"Produced by: `{only}`"]
+    lines = ["Produced by, column by column (a resumed run; the settings below are the first "
+             "command's, and the others agree in everything that changes results -- results.json "
+             f"lists each one's {', '.join(NOT_FINGERPRINTED)} under invocations):", ""]
+    for each, columns in by_command.items():
+        who = f"`{each}`" if each else "not recorded (by an earlier version)"
+        lines.append(f"- {who}: {', '.join(columns)}")
+    return lines
+
+
+def _other_environments(results: TableResults, order: Sequence[str]) -> List[str]:
+    """The environment of every later command that computed a column, where it differs
+    from the first one's (shown under "Environment")."""
+    lines = []
+    for index, invocation in enumerate(results.invocations):
+        columns = [c for c in order if results.columns[c].get("invocation") == index]
+        if columns and invocation.get("environment") != results.environment:
+            lines += [
+                f"### Environment of `{invocation['command']}` ({', '.join(columns)})", "",
+                "```json", json.dumps(invocation.get("environment"), indent=2), "```", "",
+            ]
+    return lines
 
 
 def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
@@ -244,34 +384,69 @@ class TableRun:
     ) -> None:
         """:param checkpoint_dir: where checkpoints go (default ``out_dir/checkpoints``); runs
             that differ only after the self-supervised stage may share one."""
-        settings.chooses_labels  # an unknown label_selection fails before any work
+        settings.validate()  # a bad setting fails before any work, not in the stage that reads it
         self.settings = settings
         self.out_dir = Path(out_dir)
         self.title = title
         self.command = command
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.environment = describe_environment(settings.device)
+        #: this run's index in ``results.invocations``, once it has computed a column
+        self._invocation: Optional[int] = None
         self.pairs = load_tll(data_root)
         self.ssl_split = split_self_supervised(
             self.pairs, settings.pretrain_ratio, settings.finetune_ratio
         )
         self.sup_split = split_supervised(self.pairs, settings.supervised_ratio)
+        self._check_splits()
         self._labelled_split: Optional[SelfSupervisedSplit] = None if settings.chooses_labels else self.ssl_split
-        self.runner = ColumnRunner(settings, Path(checkpoint_dir or self.out_dir / "checkpoints"))
-        self.results = _load_results(self.out_dir / "results.json", settings) or TableResults(
-            settings=settings.to_dict(),
-            data={
-                "root": str(self.pairs.root),
-                "pairs": len(self.pairs.left),
-                "self_supervised_pretrain_images": len(self.ssl_split.pretrain),
-                "finetune_images": len(self.ssl_split.finetune),
-                "supervised_train_images": len(self.sup_split.train),
-                "eval_queries": len(self.ssl_split.eval_left),
-                "eval_index": len(self.ssl_split.eval_right),
-            },
-            environment=describe_environment(settings.device),
+        #: the pair set's identity (:func:`data_identity`), part of both fingerprints
+        self.data_identity = data_identity(self.pairs)
+        self.runner = ColumnRunner(
+            settings, Path(checkpoint_dir or self.out_dir / "checkpoints"), data_identity=self.data_identity
+        )
+        data = {
+            "root": str(self.pairs.root),
+            "pairs": len(self.pairs.left),
+            "self_supervised_pretrain_images": len(self.ssl_split.pretrain),
+            "finetune_images": len(self.ssl_split.finetune),
+            "supervised_train_images": len(self.sup_split.train),
+            "eval_queries": len(self.ssl_split.eval_left),
+            "eval_index": len(self.ssl_split.eval_right),
+            "identity": self.data_identity,
+        }
+        loaded = _load_results(
+            self.out_dir / "results.json", settings, data, [document_key(d) for d in self.ssl_split.eval_left]
+        )
+        if loaded is not None and "identity" not in loaded.data:
+            # an earlier version's results, checked to be of this data: record the
+            # identity, and resume its self-supervised checkpoints under their new name
+            loaded.data["identity"] = self.data_identity
+            self.runner.adopt_checkpoints_without_data()
+        self.results = loaded or TableResults(
+            settings=settings.to_dict(), data=data, environment=self.environment, command=command,
         )
         # Written before any training, so that checkpoints in this folder are always
         # covered by the settings check of a later run.
         self.save()
+
+    def _check_splits(self) -> None:
+        """Raise before any work when the ratios leave a part of the split empty on this
+        many pairs (the settings' own check cannot know the number of pairs)."""
+        s, ssl, n = self.settings, self.ssl_split, len(self.pairs)
+        parts = (
+            ("pre-training pairs (the first pretrain_ratio)", len(ssl.pretrain)),
+            ("labelled pairs (the next finetune_ratio)", len(ssl.finetune)),
+            ("evaluation pairs (the rest)", len(ssl.eval_left)),
+            ("fully supervised training pairs (the first supervised_ratio)", len(self.sup_split.train)),
+        )
+        empty = [name for name, size in parts if size == 0]
+        if empty:
+            raise ValueError(
+                f"{n} pairs with pretrain_ratio={s.pretrain_ratio}, finetune_ratio={s.finetune_ratio} "
+                f"and supervised_ratio={s.supervised_ratio} leave no {' and no '.join(empty)}; "
+                f"use more pairs or other ratios"
+            )
 
     # -- columns ---------------------------------------------------------------------
     def labelled_split(self) -> SelfSupervisedSplit:
@@ -289,7 +464,7 @@ class TableRun:
             queries = list(cut.pretrain[: len(cut.pretrain) // 2]) + list(cut.finetune[: len(cut.finetune) // 2])
             chosen = choose_for_labelling(
                 model, queries, len(cut.finetune) // 2, preprocess_fn=self.runner.plain_images,
-                batch_size=s.eval_batch_size, device=s.device, seed=s.seed or 0,
+                batch_size=s.eval_batch_size, device=s.device, seed=s.seed or 0, num_workers=s.num_workers,
             )
             self._labelled_split = split_self_supervised_with_chosen_labels(
                 self.pairs, chosen, s.pretrain_ratio, s.finetune_ratio
@@ -342,6 +517,9 @@ class TableRun:
                 },
                 "wall_seconds": time.perf_counter() - started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                # a resumed folder's columns come from several commands (and machines)
+                "command": self.command,
+                "invocation": self._invocation_index(),
             }
             if column in self.runner.chosen_epochs:
                 self.results.columns[column]["chosen_epoch"] = self.runner.chosen_epochs[column]
@@ -351,23 +529,38 @@ class TableRun:
             self.save()
         return self.results
 
+    def _invocation_index(self) -> int:
+        """This run's entry in ``results.invocations``, added when it computes its first column."""
+        if self._invocation is None:
+            self.results.invocations.append(
+                {
+                    "command": self.command, "started": self.started, "environment": self.environment,
+                    "settings": {name: getattr(self.settings, name) for name in NOT_FINGERPRINTED},
+                }
+            )
+            self._invocation = len(self.results.invocations) - 1
+        return self._invocation
+
     def evaluate(self, model: nn.Module):
         s = self.settings
         return evaluate_pairs(
             model, self.ssl_split.eval_left, self.ssl_split.eval_right,
             preprocess_fn=self.runner.plain_images, ks=s.ks, batch_size=s.eval_batch_size,
-            device=s.device,
+            device=s.device, num_workers=s.num_workers,
         )
 
     # -- outputs ---------------------------------------------------------------------
     def save(self) -> None:
         data = {
             "settings": self.results.settings,
-            "fingerprint": self.settings.fingerprint(),
+            "fingerprint": self.settings.fingerprint(self.data_identity),
             "data": self.results.data,
             "environment": self.results.environment,
             "columns": self.results.columns,
-            "command": self.command,
+            # the command that created the folder, as settings and environment are its;
+            # each column and "invocations" say which command computed what
+            "command": self.results.command or self.command,
+            "invocations": self.results.invocations,
         }
         _atomic_write(self.out_dir / "results.json", json.dumps(data, indent=2))
         _atomic_write(
@@ -393,8 +586,11 @@ class TableRun:
 
         model = self._train_or_load(column)
         s, left, right = self.settings, self.ssl_split.eval_left, self.ssl_split.eval_right
-        query_emb = embed_documents(left, model, self.runner.plain_images, s.eval_batch_size, s.device)
-        index_emb = embed_documents(right, model, self.runner.plain_images, s.eval_batch_size, s.device)
+        query_emb, index_emb = (
+            embed_documents(docs, model, self.runner.plain_images, s.eval_batch_size, s.device,
+                            num_workers=s.num_workers)
+            for docs in (left, right)
+        )
         indices, _ = top_k(query_emb, index_emb, 5)
         partner = pair_keys_to_partner(
             [document_key(d) for d in left], [document_key(d) for d in right]

@@ -7,12 +7,23 @@ same pipeline down to a small CPU run on the built-in pair set.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 
+#: the settings that do not change results, so not in the fingerprint (a resumed run may
+#: change them; results.json records each run's under "invocations")
+NOT_FINGERPRINTED = ("device", "num_workers", "eval_batch_size")
 #: the values of ``RunSettings.label_selection``
 LABEL_SELECTIONS = ("first", "typical")
+#: the values of ``RunSettings.weights``
+WEIGHTS = ("imagenet", "none")
+#: the values of ``RunSettings.ssl_optimizer``
+SSL_OPTIMIZERS = ("default", "adam", "adamw-cosine", "lars")
+#: the self-supervised optimisers that train at ``RunSettings.ssl_learning_rate``; the
+#: others set their own rate (what each does is under ``ssl_optimizer``)
+SSL_OPTIMIZERS_WITH_LEARNING_RATE = ("adam", "adamw-cosine")
 
 
 @dataclass
@@ -33,6 +44,8 @@ class RunSettings:
     # self-supervised pre-training (the seed's first fit)
     ssl_epochs: int = 50
     ssl_batch_size: int = 512
+    #: the learning rate of ssl_optimizer 'adam' and 'adamw-cosine'; 'default' and 'lars'
+    #: have their own, so another value with them is refused rather than silently ignored
     ssl_learning_rate: float = 1e-3
     #: the self-supervised fit's optimiser: 'default' (what ``ft.fit`` does when the call
     #: names none, as in the tutorial: AdamW at 1e-3, weight decay 1e-4, warm-up then
@@ -124,15 +137,152 @@ class RunSettings:
         """The seed of the labelled fits."""
         return self.seed if self.finetune_seed is None else self.finetune_seed
 
+    def validate(self) -> "RunSettings":
+        """Check every setting before any work, and return ``self``.
+
+        A bad value used to pass until the stage that reads it -- often after hours of
+        training (an unknown ``ssl_optimizer`` after the supervised column, ``ks=0`` or no
+        evaluation pairs after every fit). :class:`~.runner.TableRun` and the command line
+        call this first. Checks that need the data (enough pairs for each part of the
+        split) are the runner's.
+
+        :raises ValueError: listing every bad setting, with what it may be.
+        """
+        problems: List[str] = []
+
+        def one_of(name: str, allowed: Tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+        def integer(name: str, minimum: int, why: str = "") -> bool:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                problems.append(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
+                return False
+            return True
+
+        def number(name: str, *, positive: bool = True, at_most: Optional[float] = None) -> bool:
+            value = getattr(self, name)
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                  and (value > 0 if positive else value >= 0) and (at_most is None or value <= at_most))
+            if not ok:
+                kind = "a positive" if positive else "a non-negative"
+                bound = f" at most {at_most}" if at_most is not None else ""
+                problems.append(f"{name} must be {kind} finite number{bound}, got {value!r}")
+            return ok
+
+        from .backbones import ARCHITECTURES
+
+        one_of("model", tuple(ARCHITECTURES))
+        one_of("weights", WEIGHTS)
+        if not isinstance(self.layer_name, str) or not self.layer_name:
+            problems.append(f"layer_name must be a layer's name, got {self.layer_name!r}")
+        integer("image_size", 1)
+        if not isinstance(self.eval_resize, bool):
+            problems.append(f"eval_resize must be true or false, got {self.eval_resize!r}")
+
+        integer("ssl_epochs", 1)
+        integer("ssl_batch_size", 2, " (the contrastive loss needs other images in a batch)")
+        number("ssl_learning_rate")
+        one_of("ssl_optimizer", SSL_OPTIMIZERS)
+        own_rate = {"default": "ft.fit's own default: AdamW at 1e-3, warm-up then cosine",
+                    "lars": "LARS at 0.3 x ssl_batch_size / 256, warm-up then cosine"}
+        default_rate = RunSettings.ssl_learning_rate
+        if self.ssl_optimizer in own_rate and self.ssl_learning_rate != default_rate:
+            problems.append(
+                f"ssl_learning_rate={self.ssl_learning_rate} is not used by ssl_optimizer="
+                f"{self.ssl_optimizer!r} ({own_rate[self.ssl_optimizer]}); only "
+                f"{' and '.join(map(repr, SSL_OPTIMIZERS_WITH_LEARNING_RATE))} train at "
+                f"ssl_learning_rate ('adamw-cosine' is the default's schedule at that rate): "
+                f"choose one of them, or leave ssl_learning_rate at {default_rate}"
+            )
+        try:
+            self.ssl_crop_scale
+        except ValueError as error:
+            problems.append(str(error))
+        number("temperature")
+        integer("head_output_dim", 1)
+        head_layers_ok = integer("head_layers", 1)
+
+        integer("finetune_epochs", 1)
+        number("finetune_learning_rate")
+        number("margin", positive=False)
+        items_ok = integer("num_items_per_class", 2, " (a batch needs both images of a pair)")
+        for name in ("finetune_batch_size", "supervised_batch_size"):
+            least = 2 * self.num_items_per_class if items_ok else 4
+            integer(name, least, " (2 x num_items_per_class: a batch needs two classes)")
+        integer("supervised_epochs", 1)
+        number("supervised_learning_rate")
+
+        from .recipes import get_recipe
+
+        try:
+            recipe = get_recipe(self.recipe)
+        except (ValueError, TypeError, AttributeError) as error:
+            problems.append(f"recipe: {error}")
+        else:
+            if head_layers_ok and recipe.head_blocks_kept > self.head_layers - 1:
+                problems.append(
+                    f"recipe {recipe.name!r} keeps {recipe.head_blocks_kept} block(s) of the projection "
+                    f"head, which with head_layers={self.head_layers} has {self.head_layers - 1}; "
+                    f"use head_layers >= {recipe.head_blocks_kept + 1}"
+                )
+
+        ratios_ok = all([number(name, at_most=1.0) for name in ("pretrain_ratio", "finetune_ratio", "supervised_ratio")])
+        if ratios_ok and round(self.pretrain_ratio + self.finetune_ratio, 12) >= 1:
+            problems.append(
+                f"pretrain_ratio + finetune_ratio must be below 1, got {self.pretrain_ratio} + "
+                f"{self.finetune_ratio}: every column is evaluated on the pairs after them"
+            )
+        if ratios_ok and round(self.supervised_ratio, 12) > round(self.pretrain_ratio + self.finetune_ratio, 12):
+            # the 'fine-tuned' column trains on the first supervised_ratio of the pairs and is
+            # evaluated, like every column, on those after pretrain_ratio + finetune_ratio
+            problems.append(
+                f"supervised_ratio ({self.supervised_ratio}) must be at most pretrain_ratio + "
+                f"finetune_ratio ({round(self.pretrain_ratio + self.finetune_ratio, 12)}): the "
+                f"'fine-tuned' column trains on the first supervised_ratio of the pairs and every "
+                f"column is evaluated on the pairs after the first pretrain_ratio + finetune_ratio, "
+                f"so it would train on evaluation pairs; lower supervised_ratio"
+            )
+        one_of("label_selection", LABEL_SELECTIONS)
+
+        if (not isinstance(self.ks, (tuple, list)) or not self.ks
+                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks)):
+            problems.append(f"ks must be one or more integers >= 1 (the k of hit@k), got {self.ks!r}")
+        try:
+            from ..devices import resolve_device
+
+            resolve_device(self.device)
+        except (ValueError, RuntimeError, TypeError) as error:
+            problems.append(f"device: {error}")
+        integer("num_workers", 0)
+        integer("eval_batch_size", 1)
+        for name in ("seed", "finetune_seed"):
+            if getattr(self, name) is not None:
+                integer(name, 0, " or none")
+
+        if problems:
+            raise ValueError("invalid setting(s): " + "; ".join(problems))
+        return self
+
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
         data["ks"] = list(self.ks)
         return data
 
-    def fingerprint(self) -> Dict[str, Any]:
-        """The settings that change results (not device, workers or batch of evaluation)."""
+    def fingerprint(self, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The settings that change results (not device, workers or batch of evaluation);
+        with ``data``, under ``"data"``, the identity of the pair set they are computed on
+        (:func:`~.runner.data_identity`), so that results of other data are not mixed in."""
+        fingerprint = self._settings_fingerprint()
+        if data is not None:
+            fingerprint["data"] = data
+        return fingerprint
+
+    def _settings_fingerprint(self) -> Dict[str, Any]:
         data = self.to_dict()
-        for name in ("device", "num_workers", "eval_batch_size"):
+        for name in NOT_FINGERPRINTED:
             data.pop(name)
         # what 'default' stands for has changed between versions: record the crops made
         data["ssl_crop_scale"] = list(self.ssl_crop_scale)
@@ -141,14 +291,15 @@ class RunSettings:
             del data["label_selection"]
         return data
 
-    def self_supervised_fingerprint(self) -> Dict[str, Any]:
+    def self_supervised_fingerprint(self, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """The settings that decide the self-supervised stage's weights (so runs that differ
-        only in the fine-tune or the supervised column can share its checkpoints)."""
+        only in the fine-tune or the supervised column can share its checkpoints), and with
+        ``data`` the identity of the pair set, as in :meth:`fingerprint`."""
         names = ("model", "weights", "layer_name", "image_size", "ssl_epochs", "ssl_batch_size",
                  "ssl_learning_rate", "ssl_optimizer", "ssl_augmentation", "temperature", "head_output_dim", "head_layers",
                  "ssl_crop_scale", "pretrain_ratio", "seed")
-        everything = self.fingerprint()
-        return {name: everything[name] for name in names}
+        everything = self.fingerprint(data)
+        return {name: everything[name] for name in names + (("data",) if data is not None else ())}
 
     def replace(self, **changes: Any) -> "RunSettings":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
