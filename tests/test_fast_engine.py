@@ -235,3 +235,24 @@ def test_gpu_code_path_on_the_cpu_gives_the_same_model(tmp_path, monkeypatch):
         results.append([p.detach().clone() for p in model.parameters()])
     assert used == [1, 1]  # one prefetching loader per epoch
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_fast_path_skips_a_batch_left_with_one_readable_image(tmp_path):
+    """Fast path, self-supervised: a batch of 2 images of which one file is missing keeps
+    one image (two views, no negative); the step is skipped instead of NT-Xent raising."""
+    docs = jpeg_docs(tmp_path, 4)
+    (tmp_path / "000.jpg").unlink()
+    trained = []
+
+    class Count:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_train_batch_end(self, tuner):
+            trained.append(tuner.state.current_loss)
+
+    for seed in range(3):
+        fit(tiny_cnn(), docs, epochs=1, batch_size=4, loss=NTXentLoss(),
+            preprocess_fn=vision_preprocessor(SIZE, SIZE), skip_unreadable=True, seed=seed,
+            callbacks=[Count()])
+    assert len(trained) == 3  # of each run's two batches, the one with both images readable

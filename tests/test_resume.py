@@ -179,3 +179,56 @@ def test_skip_unreadable_trains_on_the_rest_and_lists_every_skipped_file(tmp_pat
     assert len(seen) == 2  # one batch per epoch, each without the broken image
     report = "\n".join(r.getMessage() for r in caplog.records)
     assert "1 document(s) were skipped" in report and "broken.jpg" in report
+
+
+def _vector_docs(n: int, seed: int = 0) -> DocumentArray:
+    rng = np.random.default_rng(seed)
+    return DocumentArray(Document(tensor=rng.standard_normal(6).astype(np.float32)) for _ in range(n))
+
+
+def test_skip_unreadable_drops_a_self_supervised_batch_left_with_one_image():
+    """Each image is listed twice in a self-supervised batch (one entry per view): a batch
+    of 2 images with one unreadable keeps 1 image, which has no negative for NT-Xent, so
+    the step must be skipped instead of NT-Xent raising."""
+    from finetuner_selfsup.augment.image_loading import DocumentImageError
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    docs = _vector_docs(8)
+    bad = {docs[i].id for i in (0, 1, 2)}
+
+    def views(doc):
+        if doc.id in bad:
+            raise DocumentImageError(f"{doc.id}: cannot read")
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    class Steps:
+        def __init__(self):
+            self.losses = []
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_train_batch_end(self, tuner):
+            self.losses.append(tuner.state.current_loss)
+
+    for seed in range(5):  # batch orders that pair an unreadable image with a readable one
+        steps = Steps()
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        fit(model, docs, epochs=1, batch_size=4, loss=NTXentLoss(), preprocess_fn=views,
+            skip_unreadable=True, seed=seed, callbacks=[steps])
+        # 4 batches of 2 images, 5 readable: only batches with 2 readable images train
+        assert 1 <= len(steps.losses) <= 2 and all(np.isfinite(steps.losses))
+
+
+def test_a_self_supervised_batch_counts_images_not_views():
+    from finetuner_selfsup.engine.collate import Batch
+    from finetuner_selfsup.engine.data_kinds import DataKind
+    from finetuner_selfsup.engine.tuner import Tuner
+
+    tuner = Tuner(torch.nn.Linear(2, 2))
+    one_image = Batch(None, torch.tensor([3, 3]), [3, 3], [("broken.jpg", "not an image")])
+    assert tuner._note_skipped(one_image, DataKind.INSTANCE) is False
+    two_images = Batch(None, torch.tensor([3, 5, 3, 5]), [3, 5, 3, 5], [])
+    assert tuner._note_skipped(two_images, DataKind.INSTANCE) is True
+    assert tuner._note_skipped(one_image, DataKind.CLASS) is True  # two items of a class batch

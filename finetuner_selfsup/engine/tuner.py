@@ -372,9 +372,9 @@ class Tuner:
             train_data, "train_data", batch_size, num_items_per_class, preprocess_fn,
             collate_fn, num_workers, skip_unreadable,
         )
-        eval_loader = None
+        eval_loader, eval_kind = None, kind
         if eval_data is not None and len(eval_data) > 0:
-            eval_loader, _ = self._data_loader(
+            eval_loader, eval_kind = self._data_loader(
                 eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
                 collate_fn, num_workers, skip_unreadable,
             )
@@ -394,7 +394,7 @@ class Tuner:
                 self.state.batch_index = 0
                 self._trigger_callbacks("on_epoch_begin")
                 self._trigger_callbacks("on_train_epoch_begin")
-                self._train_epoch(train_loader)
+                self._train_epoch(train_loader, kind)
                 if self._scheduler_step == "epoch" and self._scheduler is not None:
                     self._scheduler.step()
                 self._trigger_callbacks("on_train_epoch_end")
@@ -402,7 +402,7 @@ class Tuner:
                     self.state.num_batches_val = len(eval_loader.batch_sampler)
                     self.state.batch_index = 0
                     self._trigger_callbacks("on_val_begin")
-                    self._eval_epoch(eval_loader)
+                    self._eval_epoch(eval_loader, eval_kind)
                     self._trigger_callbacks("on_val_end")
                 self._trigger_callbacks("on_epoch_end")
                 if self.distributed is not None:
@@ -459,17 +459,25 @@ class Tuner:
         logger.info("resumed from %s: %d epoch(s) already done", path, epochs_done)
         return epochs_done
 
-    def _note_skipped(self, batch: Batch) -> bool:
-        """Record the batch's unreadable documents; False if too little is left to train on."""
+    def _note_skipped(self, batch: Batch, kind: Optional[DataKind] = None) -> bool:
+        """Record the batch's unreadable documents; False if too little is left to train on.
+
+        A self-supervised batch (``kind`` INSTANCE) lists each image twice (one entry per
+        view), so it needs 2 *distinct* images -- one image's two views have no negative,
+        and NT-Xent would raise. Other batches need 2 items, as before.
+        """
         self.skipped_documents.extend(batch.skipped)
-        enough = len(batch.indices) >= 2
+        instance = kind is DataKind.INSTANCE
+        readable = len(set(batch.indices)) if instance else len(batch.indices)
+        enough = readable >= 2
         if not enough and self.distributed is not None:
             # Skipping the step on one process would leave the others waiting in DDP's
             # gradient exchange; stop instead (torchrun then ends every process).
             listed = "; ".join(f"{doc}: {reason}" for doc, reason in batch.skipped)
+            what = "images" if instance else "items"
             raise RuntimeError(
                 f"process {self.distributed.rank}'s share of batch {self.state.batch_index + 1} "
-                f"has fewer than 2 readable items after skipping unreadable images ({listed}). "
+                f"has fewer than 2 readable {what} after skipping unreadable images ({listed}). "
                 f"Remove those documents, or train on one process."
             )
         return enough
@@ -544,14 +552,14 @@ class Tuner:
             return prefetch(loader)
         return loader
 
-    def _train_epoch(self, loader: DataLoader) -> None:
+    def _train_epoch(self, loader: DataLoader, kind: DataKind) -> None:
         self._embed_model.train()
         self._loss.train()  # e.g. NT-Xent's memory bank is used and filled in training only
         for index, batch in enumerate(self._batches(loader)):
             self.state.batch_index = index
             for group_index, group in enumerate(self._optimizer.param_groups):
                 self.state.learning_rates[f"group_{group_index}"] = group["lr"]
-            if not self._note_skipped(batch):
+            if not self._note_skipped(batch, kind):
                 continue
             self._trigger_callbacks("on_train_batch_begin")
             loss = self._loss_of(batch)
@@ -569,13 +577,13 @@ class Tuner:
             self.state.current_loss = value
             self._trigger_callbacks("on_train_batch_end")
 
-    def _eval_epoch(self, loader: DataLoader) -> None:
+    def _eval_epoch(self, loader: DataLoader, kind: DataKind) -> None:
         self._embed_model.eval()
         self._loss.eval()
         with torch.no_grad():
             for index, batch in enumerate(self._batches(loader)):
                 self.state.batch_index = index
-                if not self._note_skipped(batch):
+                if not self._note_skipped(batch, kind):
                     continue
                 self._trigger_callbacks("on_val_batch_begin")
                 self.state.current_loss = self._check_finite(self._loss_of(batch), "validation")
