@@ -232,3 +232,44 @@ def test_a_self_supervised_batch_counts_images_not_views():
     two_images = Batch(None, torch.tensor([3, 5, 3, 5]), [3, 5, 3, 5], [])
     assert tuner._note_skipped(two_images, DataKind.INSTANCE) is True
     assert tuner._note_skipped(one_image, DataKind.CLASS) is True  # two items of a class batch
+
+
+def _train_with_bank(save_dir, resume_from=None, epochs: int = 3) -> torch.Tensor:
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    fit(model, _vector_docs(8), epochs=epochs, batch_size=4, loss=NTXentLoss(memory_bank_size=8),
+        preprocess_fn=views, seed=0, callbacks=[TrainingCheckpoint(str(save_dir), last_k_epochs=0)],
+        resume_from=resume_from)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_resume_with_a_memory_bank_is_bit_for_bit(tmp_path):
+    """The queue of earlier views is part of the run's state: a resumed run's first batches
+    must contrast with the same queued negatives as the uninterrupted run's."""
+    full = _train_with_bank(tmp_path / "full")
+    saved = torch.load(tmp_path / "full" / "saved_model_epoch_01", weights_only=True)
+    assert saved["memory_bank"].shape == (8, 8)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    (resumed_dir / "saved_model_epoch_01").write_bytes((tmp_path / "full" / "saved_model_epoch_01").read_bytes())
+    assert torch.equal(full, _train_with_bank(resumed_dir, resume_from=str(resumed_dir)))
+
+
+def test_a_checkpoint_without_a_memory_bank_still_resumes(tmp_path, caplog):
+    _train_with_bank(tmp_path / "full", epochs=1)
+    checkpoint = torch.load(tmp_path / "full" / "saved_model_epoch_01", weights_only=True)
+    del checkpoint["memory_bank"]  # as written before the bank was saved
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save(checkpoint, old / "saved_model_epoch_01")
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        _train_with_bank(old, resume_from=str(old), epochs=2)
+    assert "no NT-Xent memory bank" in caplog.text
+    assert (old / "saved_model_epoch_02").exists()

@@ -11,6 +11,8 @@ arguments, same file names ``saved_model_epoch_NN``, same keys ``epoch``, ``stat
   order generator, so that ``ft.fit(..., resume_from=save_dir)`` continues the run
   bit-for-bit on CPU (with ``num_workers=0``; worker processes keep their own random
   state, so with workers a resumed run is equivalent in distribution, not identical);
+* they also hold NT-Xent's memory bank (``memory_bank``, when the loss keeps one), which
+  the resumed run's first batches use as negatives; checkpoints without it still load;
 * they are read with ``torch.load(weights_only=True)``: only tensors and plain Python
   values, never arbitrary pickled objects.
 """
@@ -166,6 +168,9 @@ class TrainingCheckpoint(Callback):
         }
         if tuner._scheduler is not None and hasattr(tuner._scheduler, "state_dict"):
             state["scheduler"] = tuner._scheduler.state_dict()
+        bank = getattr(getattr(tuner, "_loss", None), "memory_bank", None)
+        if bank is not None:
+            state["memory_bank"] = bank
         save_atomically(state, self._path(epochs_done))
         self._logger.info("model trained for %d epochs is saved", epochs_done)
         if self._last_k_epochs:
@@ -193,5 +198,22 @@ def restore_tuner(tuner: Any, checkpoint: Dict[str, Any]) -> int:
             "the checkpoint holds no random states (written by Finetuner 0.4.1?): training "
             "resumes, but the batch order and augmentations differ from an uninterrupted run."
         )
+    _restore_memory_bank(getattr(tuner, "_loss", None), checkpoint)
     tuner.state.epoch = checkpoint["epoch"]
     return int(checkpoint["epoch"])
+
+
+def _restore_memory_bank(loss: Any, checkpoint: Dict[str, Any]) -> None:
+    """Put NT-Xent's queue of earlier views back, so that the resumed run contrasts with the
+    same negatives as an uninterrupted one."""
+    size = getattr(loss, "memory_bank_size", 0)
+    if not size:
+        return
+    bank = checkpoint.get("memory_bank")
+    if bank is None:
+        logger.warning(
+            "the checkpoint holds no NT-Xent memory bank (written by an older version?): "
+            "the queue starts empty, so the resumed run differs slightly from an "
+            "uninterrupted one."
+        )
+    loss.memory_bank = None if bank is None else bank[-size:]

@@ -383,6 +383,9 @@ class Tuner:
         from finetuner.tuner.state import TunerState
 
         self.state = TunerState(num_epochs=epochs)
+        reset_loss = getattr(self._loss, "reset_memory_bank", None)
+        if callable(reset_loss):  # NT-Xent's queue belongs to one run (a resume restores it)
+            reset_loss()
         self._plan_optimizer(kind, batch_size, train_loader, epochs)
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
         self._wrap_for_data_parallel()
