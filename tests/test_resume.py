@@ -273,3 +273,61 @@ def test_a_checkpoint_without_a_memory_bank_still_resumes(tmp_path, caplog):
         _train_with_bank(old, resume_from=str(old), epochs=2)
     assert "no NT-Xent memory bank" in caplog.text
     assert (old / "saved_model_epoch_02").exists()
+
+
+def _short_run(save_dir, epochs: int, seed: int, resume_from=None, last_k_epochs: int = 1) -> torch.nn.Module:
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(6, 4)
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    fit(model, _vector_docs(8), epochs=epochs, batch_size=4, loss=NTXentLoss(), preprocess_fn=views,
+        seed=seed, callbacks=[TrainingCheckpoint(str(save_dir), last_k_epochs=last_k_epochs)],
+        resume_from=resume_from)
+    return model
+
+
+def _age(path, seconds: float = 3600) -> None:
+    """Make ``path`` look written ``seconds`` ago (an earlier run's file)."""
+    import os
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_fresh_run_keeps_its_own_checkpoints_beside_an_earlier_runs(tmp_path):
+    """last_k_epochs prunes this run's files only: a 2-epoch run after a 3-epoch one in the
+    same folder used to delete its own epoch_02 as 'older' than the stale epoch_03."""
+    _short_run(tmp_path, epochs=3, seed=0)
+    stale = tmp_path / "saved_model_epoch_03"
+    _age(stale)
+    stale_bytes = stale.read_bytes()
+    model = _short_run(tmp_path, epochs=2, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_02", "saved_model_epoch_03"]
+    assert stale.read_bytes() == stale_bytes  # an earlier run's file: left alone
+    saved = torch.load(tmp_path / "saved_model_epoch_02", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # resuming continues the run written last, not the stale higher epoch
+    assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_02"
+
+
+def test_a_resumed_run_prunes_the_checkpoint_it_continued_and_nothing_else(tmp_path):
+    _short_run(tmp_path, epochs=2, seed=0, last_k_epochs=0)  # writes epoch_01 and epoch_02
+    _age(tmp_path / "saved_model_epoch_01", 7200)
+    _age(tmp_path / "saved_model_epoch_02")
+    _short_run(tmp_path, epochs=3, seed=0, resume_from=str(tmp_path))
+    # epoch_02 was this run's starting point, so it is pruned; epoch_01 is not this run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_01", "saved_model_epoch_03"]
+
+
+def test_resuming_from_a_folder_warns_about_an_ignored_higher_epoch(tmp_path, caplog):
+    for epoch in (3, 1):  # epoch 3 written first: an earlier run's
+        save_atomically({"epoch": epoch}, tmp_path / f"saved_model_epoch_{epoch:02d}")
+        _age(tmp_path / f"saved_model_epoch_{epoch:02d}", 100 * epoch)
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_01"
+    assert "saved_model_epoch_03 has a higher epoch but older" in caplog.text

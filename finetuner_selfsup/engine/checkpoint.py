@@ -112,17 +112,47 @@ def find_checkpoint(resume_from: Union[str, Path]) -> Optional[Path]:
 
     ``None`` when the folder does not exist yet or holds no checkpoint (a first run of a
     script that always passes ``resume_from``). A file path that does not exist is an error.
+
+    The newest checkpoint of a folder is the one written last (see
+    :func:`newest_checkpoint`), not the one of the highest epoch: a folder can hold a
+    higher epoch left by an earlier, longer run.
     """
     path = Path(resume_from)
     if path.is_dir() or not path.exists() and not path.suffix and not _NAME.match(path.name):
-        files = checkpoint_files(path)
-        return files[-1] if files else None
+        return newest_checkpoint(checkpoint_files(path))
     if not path.is_file():
         raise FileNotFoundError(
             f"resume_from={str(resume_from)!r}: no such checkpoint file. Pass a file written "
             f"by TrainingCheckpoint (saved_model_epoch_NN) or the folder holding them."
         )
     return path
+
+
+def newest_checkpoint(files: List[Path]) -> Optional[Path]:
+    """The checkpoint written last among ``files`` (modification time; the higher epoch on a tie).
+
+    A fresh run into a folder that holds an earlier, longer run's ``saved_model_epoch_03``
+    writes ``_01`` and ``_02`` and leaves that file alone; resuming must continue the fresh
+    run, not the stale one. Resuming from an older checkpoint of the *same* run (e.g. after
+    a copy that did not keep modification times) is still exact, it only repeats epochs.
+    """
+    if not files:
+        return None
+    newest = max(files, key=lambda p: (p.stat().st_mtime_ns, _epoch_of(p)))
+    ignored = [p.name for p in files if _epoch_of(p) > _epoch_of(newest)]
+    if ignored:
+        logger.warning(
+            "resuming from %s, the checkpoint written last in %s; %s %s a higher epoch but "
+            "older (left by an earlier run?) and %s ignored.", newest.name, newest.parent,
+            ", ".join(ignored), "has" if len(ignored) == 1 else "have",
+            "is" if len(ignored) == 1 else "are",
+        )
+    return newest
+
+
+def _epoch_of(path: Path) -> int:
+    match = _NAME.match(path.name)
+    return int(match.group(1)) if match else -1
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
@@ -144,7 +174,10 @@ class TrainingCheckpoint(Callback):
     """Save model, optimiser, scheduler, random states and epoch after every epoch.
 
     :param save_dir: folder of the checkpoints (``saved_model_epoch_NN``).
-    :param last_k_epochs: keep only the newest ``k`` checkpoints (``0`` or ``None``: all).
+    :param last_k_epochs: keep only the newest ``k`` checkpoints of this run (``0`` or
+        ``None``: all). Only files this run wrote (and, when it resumed from a checkpoint
+        in ``save_dir``, that checkpoint) are ever deleted: an earlier run's files in the
+        same folder are left alone.
     :param verbose: log every save and deletion.
     """
 
@@ -153,9 +186,19 @@ class TrainingCheckpoint(Callback):
         self._last_k_epochs = last_k_epochs
         self._logger = logging.getLogger("finetuner." + type(self).__name__)
         self._logger.setLevel(logging.INFO if verbose else logging.WARNING)
+        #: checkpoints of this run, oldest first: the only files pruning may delete
+        self._written: List[Path] = []
 
     def _path(self, epochs_done: int) -> Path:
         return Path(self._save_dir) / f"saved_model_epoch_{epochs_done:02d}"
+
+    def on_fit_begin(self, tuner: Any) -> None:
+        """A new run: forget an earlier fit's files; a resumed run owns the checkpoint it
+        continues from, when that lies in ``save_dir``."""
+        self._written = []
+        resumed = getattr(tuner, "resumed_from", None)
+        if resumed is not None and Path(resumed).resolve().parent == Path(self._save_dir).resolve():
+            self._written.append(Path(resumed))
 
     def on_epoch_end(self, tuner: Any) -> None:
         epochs_done = tuner.state.epoch + 1
@@ -171,11 +214,13 @@ class TrainingCheckpoint(Callback):
         bank = getattr(getattr(tuner, "_loss", None), "memory_bank", None)
         if bank is not None:
             state["memory_bank"] = bank
-        save_atomically(state, self._path(epochs_done))
+        path = save_atomically(state, self._path(epochs_done))
         self._logger.info("model trained for %d epochs is saved", epochs_done)
+        self._written = [p for p in self._written if p.resolve() != path.resolve()] + [path]
         if self._last_k_epochs:
-            for old in checkpoint_files(self._save_dir)[: -self._last_k_epochs]:
-                old.unlink()
+            while len(self._written) > self._last_k_epochs:
+                old = self._written.pop(0)
+                old.unlink(missing_ok=True)
                 self._logger.info("deleted %s", old.name)
 
     @staticmethod

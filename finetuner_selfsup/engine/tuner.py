@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -135,6 +136,8 @@ class Tuner:
             )
             generator = torch.Generator().manual_seed(seed)
         self.batch_order_generator = generator
+        #: the checkpoint this fit resumed from (None: it started from scratch)
+        self.resumed_from: Optional[Path] = None
         #: ``(document, reason)`` of every item left out because its image was unreadable
         self.skipped_documents: List[Tuple[str, str]] = []
         self._progress_bar = Progress()
@@ -387,6 +390,7 @@ class Tuner:
         if callable(reset_loss):  # NT-Xent's queue belongs to one run (a resume restores it)
             reset_loss()
         self._plan_optimizer(kind, batch_size, train_loader, epochs)
+        self.resumed_from = None
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
         self._wrap_for_data_parallel()
         try:
@@ -455,6 +459,7 @@ class Tuner:
         from .checkpoint import find_checkpoint, load_checkpoint, restore_tuner
 
         path = find_checkpoint(resume_from)
+        self.resumed_from = path
         if path is None:
             logger.info("no checkpoint in %s yet: training starts from scratch", resume_from)
             return 0
