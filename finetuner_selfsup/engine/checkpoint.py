@@ -111,14 +111,16 @@ def find_checkpoint(resume_from: Union[str, Path]) -> Optional[Path]:
     """The checkpoint to resume from: the file itself, or the newest one in a folder.
 
     ``None`` when the folder does not exist yet or holds no checkpoint (a first run of a
-    script that always passes ``resume_from``). A file path that does not exist is an error.
+    script that always passes ``resume_from``). A missing path is taken for a folder not
+    created yet, whatever its name (``runs/lr0.5`` too), unless it is named like a
+    checkpoint (``saved_model_epoch_NN``): that is an error.
 
     The newest checkpoint of a folder is the one written last (see
     :func:`newest_checkpoint`), not the one of the highest epoch: a folder can hold a
     higher epoch left by an earlier, longer run.
     """
     path = Path(resume_from)
-    if path.is_dir() or not path.exists() and not path.suffix and not _NAME.match(path.name):
+    if path.is_dir() or not path.exists() and not _NAME.match(path.name):
         return newest_checkpoint(checkpoint_files(path))
     if not path.is_file():
         raise FileNotFoundError(
