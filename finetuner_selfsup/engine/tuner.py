@@ -106,6 +106,16 @@ class Tuner:
 
         if scheduler_step not in ("batch", "epoch"):
             raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}.")
+        if scheduler_step == "epoch" and callable(getattr(configure_optimizer, "plan", None)):
+            # its warm-up and decay are planned in batches: stepped per epoch, the rate
+            # would stay in the warm-up and never reach its base value
+            raise ValueError(
+                f"configure_optimizer={configure_optimizer!r} plans its learning-rate "
+                f"schedule in batches (warm-up, then decay, one step per batch), but "
+                f"scheduler_step='epoch' would step it once per epoch, so the rate would "
+                f"stay in the warm-up and never reach its peak (base_lr). Pass "
+                f"scheduler_step='batch' (the default) with it."
+            )
         self.device = resolve_device(device)
         self._device_name = device
         #: rank and world size when running data-parallel (under torchrun), else None
