@@ -534,13 +534,22 @@ class Tuner:
 
     def _first_forward(self, inputs: torch.Tensor) -> Any:
         """Try channels-last once; a model whose forward needs contiguous tensors (e.g. it
-        calls ``.view`` on a conv output) gets the plain layout back, with a warning."""
+        calls ``.view`` on a conv output) gets the plain layout back, with a warning.
+
+        The failed attempt may already have updated buffers (batch-norm running statistics
+        and batch counts); they are put back before the retry, so that the batch counts once.
+        """
         self._layout_checked = True
+        buffers = {name: b.detach().clone() for name, b in self._embed_model.named_buffers()}
         self._embed_model.to(memory_format=torch.channels_last)
         try:
             return self._autocast_forward(inputs.contiguous(memory_format=torch.channels_last))
         except RuntimeError as exc:
             self._embed_model.to(memory_format=torch.contiguous_format)
+            with torch.no_grad():
+                for name, buffer in self._embed_model.named_buffers():
+                    if name in buffers:
+                        buffer.copy_(buffers[name])
             self.channels_last = False
             embeddings = self._autocast_forward(inputs)
             logger.warning(
