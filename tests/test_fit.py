@@ -12,7 +12,7 @@ from torch import nn
 from finetuner_selfsup.engine.collate import Collate
 from finetuner_selfsup.engine.data_kinds import DataKind
 from finetuner_selfsup.engine.datasets import TwoViewDataset
-from finetuner_selfsup.engine.samplers import ClassBatchSampler, InstanceBatchSampler
+from finetuner_selfsup.engine.samplers import ClassBatchSampler, InstanceBatchSampler, SessionBatchSampler
 from finetuner_selfsup.fit import fit
 from finetuner_selfsup.heads import EmbeddingModelWithHead, ProjectionHead
 from finetuner_selfsup.losses import NTXentLoss, TripletLoss
@@ -289,6 +289,40 @@ def test_session_data_trains():
     log = LossLog()
     fit(tiny_cnn(), docs, epochs=1, batch_size=8, loss="TripletLoss", callbacks=[log])
     assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)
+
+
+def _session_docs(*sessions) -> DocumentArray:
+    """One root per ``(positives, negatives)``, with that many matches tagged +1 / -1."""
+    rng = np.random.default_rng(0)
+    docs = DocumentArray()
+    for positives, negatives in sessions:
+        root = Document(tensor=rng.random((3, SIZE, SIZE), dtype=np.float32))
+        for tag in [1] * positives + [-1] * negatives:
+            root.matches.append(Document(tensor=rng.random((3, SIZE, SIZE), dtype=np.float32), tags={"finetuner_label": tag}))
+        docs.append(root)
+    return docs
+
+
+def test_a_session_cut_across_batches_keeps_a_positive_and_a_negative_in_each():
+    """A session larger than a batch is cut; a random cut could leave a batch of its root
+    with only negatives, in which a triplet miner finds nothing (fit then stopped)."""
+    labels = [(0, 0), (0, 1)] + [(0, -1)] * 4 + [(1, 0), (1, 1), (1, -1)]  # 1+5 > batch_size 4
+    for seed in range(20):
+        sampler = SessionBatchSampler(labels, batch_size=4, generator=torch.Generator().manual_seed(seed))
+        plan = list(sampler)
+        assert set(sum(plan, [])) == set(range(len(labels)))  # every item used
+        for batch in plan:
+            assert len(batch) <= 4
+            for session in {labels[i][0] for i in batch}:
+                types = {labels[i][1] for i in batch if labels[i][0] == session}
+                assert types == {0, 1, -1}, (seed, plan)
+        again = list(SessionBatchSampler(labels, batch_size=4, generator=torch.Generator().manual_seed(seed)))
+        assert again == plan  # deterministic per seed
+    log = LossLog()
+    for seed in range(3):
+        fit(tiny_cnn(), _session_docs((1, 4), (1, 1), (1, 1)), epochs=1, batch_size=4, loss="TripletLoss",
+            seed=seed, callbacks=[log])
+    assert log.train and all(math.isfinite(v) for v in log.train)
 
 
 def test_fewer_images_than_one_batch_trains_one_smaller_batch():
