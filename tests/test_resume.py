@@ -4,6 +4,7 @@ can be skipped and are reported."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -333,3 +334,21 @@ def test_resuming_from_a_folder_warns_about_an_ignored_higher_epoch(tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
         assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_01"
     assert "saved_model_epoch_03 has a higher epoch but older" in caplog.text
+
+
+def test_resuming_with_another_model_or_optimiser_names_the_checkpoint(tmp_path):
+    """torch's bare load_state_dict errors name neither the file nor the likely cause."""
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    _short_run(tmp_path, epochs=1, seed=0)  # Linear(6, 4), the self-supervised default optimiser
+    checkpoint = re.escape(str(tmp_path / "saved_model_epoch_01"))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    common = dict(epochs=2, batch_size=4, loss=NTXentLoss(), preprocess_fn=views, seed=0, resume_from=str(tmp_path))
+    with pytest.raises(ValueError, match=f"(?s){checkpoint} holds weights of another model.*size mismatch"):
+        fit(torch.nn.Linear(6, 8), _vector_docs(8), **common)
+    with pytest.raises(ValueError, match=f"(?s){checkpoint} holds the state of another optimiser.*learning_rate"):
+        fit(torch.nn.Linear(6, 4), _vector_docs(8), learning_rate=1e-3, **common)  # constant Adam instead

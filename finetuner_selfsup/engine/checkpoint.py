@@ -229,15 +229,41 @@ class TrainingCheckpoint(Callback):
     def load(tuner: Any, fp: Union[str, Path]) -> None:
         """Restore a tuner from checkpoint ``fp`` (upstream's API; ``ft.fit(resume_from=...)``
         does this for you)."""
-        restore_tuner(tuner, load_checkpoint(fp))
+        restore_tuner(tuner, load_checkpoint(fp), fp)
 
 
-def restore_tuner(tuner: Any, checkpoint: Dict[str, Any]) -> int:
-    """Load model, optimiser, scheduler and random states into ``tuner``; return the epochs done."""
-    tuner.embed_model.load_state_dict(checkpoint["state_dict"])
-    tuner._optimizer.load_state_dict(checkpoint["optimizer"])
-    if tuner._scheduler is not None and "scheduler" in checkpoint:
-        tuner._scheduler.load_state_dict(checkpoint["scheduler"])
+#: what torch raises when a state dict does not fit the object it is loaded into
+_MISMATCH = (RuntimeError, ValueError, KeyError, IndexError, TypeError)
+
+
+def restore_tuner(tuner: Any, checkpoint: Dict[str, Any], source: Union[str, Path, None] = None) -> int:
+    """Load model, optimiser, scheduler and random states into ``tuner``; return the epochs done.
+
+    :param source: the checkpoint's path, named in the error when the checkpoint does not
+        fit this run's model or optimiser (torch's own message names neither the file nor
+        the likely cause: resuming with another model or other optimiser settings).
+    """
+    where = f"resume_from: the checkpoint {source}" if source is not None else "the checkpoint"
+    try:
+        tuner.embed_model.load_state_dict(checkpoint["state_dict"])
+    except _MISMATCH as exc:
+        raise ValueError(
+            f"{where} holds weights of another model. Resume with the model of the run "
+            f"that wrote it (same layers and sizes, and the same to_embedding_model/"
+            f"layer_name/projection_head), or save a new run elsewhere. torch: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        tuner._optimizer.load_state_dict(checkpoint["optimizer"])
+        if tuner._scheduler is not None and "scheduler" in checkpoint:
+            tuner._scheduler.load_state_dict(checkpoint["scheduler"])
+    except _MISMATCH as exc:
+        raise ValueError(
+            f"{where} holds the state of another optimiser or schedule. Resume with the "
+            f"optimiser settings of the run that wrote it: the same configure_optimizer, "
+            f"learning_rate and freeze (for self-supervised data, naming learning_rate or "
+            f"not switches between constant Adam and the default AdamW schedule), or save "
+            f"a new run elsewhere. torch: {type(exc).__name__}: {exc}"
+        ) from exc
     if "rng" in checkpoint:
         restore_rng_state(checkpoint["rng"], getattr(tuner, "batch_order_generator", None))
     else:

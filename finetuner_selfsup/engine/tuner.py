@@ -473,7 +473,7 @@ class Tuner:
         if path is None:
             logger.info("no checkpoint in %s yet: training starts from scratch", resume_from)
             return 0
-        epochs_done = restore_tuner(self, load_checkpoint(path))
+        epochs_done = restore_tuner(self, load_checkpoint(path), path)
         logger.info("resumed from %s: %d epoch(s) already done", path, epochs_done)
         return epochs_done
 
