@@ -250,6 +250,21 @@ def test_eval_data_and_upstream_early_stopping(tmp_path):
     assert (tmp_path / "ckpt" / "saved_model_epoch_02").exists()
 
 
+def test_errors_in_batching_eval_data_say_it_is_eval_data():
+    """train_data batches fine with these settings; the error must point at eval_data."""
+    with pytest.raises(ValueError, match=r"^eval_data: the labelled data has 3 classes"):
+        fit(tiny_cnn(), labelled(8), eval_data=labelled(3, seed=1), epochs=1, batch_size=8,
+            num_items_per_class=2, loss="TripletLoss")
+    with pytest.raises(ValueError, match=r"^eval_data: self-supervised training needs at least 2 images"):
+        fit(tiny_cnn(), unlabelled(4), eval_data=unlabelled(1, seed=1), epochs=1, batch_size=4,
+            loss=NTXentLoss(), preprocess_fn=jitter_view)
+    odd = unlabelled(4, seed=1)
+    odd[2].tensor = np.zeros((3, SIZE + 2, SIZE), np.float32)
+    with pytest.raises(ValueError, match=r"^eval_data: inputs of one batch must have the same shape"):
+        fit(tiny_cnn(), unlabelled(4), eval_data=odd, epochs=1, batch_size=8, loss=NTXentLoss(),
+            preprocess_fn=jitter_view)
+
+
 def test_seed_makes_cpu_runs_identical():
     runs = []
     for _ in range(2):
