@@ -196,6 +196,30 @@ def test_non_finite_loss_stops_with_the_step():
         fit(tiny_cnn(), docs, epochs=1, batch_size=8, num_items_per_class=2, loss="TripletLoss")
 
 
+def test_non_finite_loss_names_the_batch_documents_and_the_one_with_nan_inputs():
+    docs = labelled(4)
+    docs[5].tensor = np.full((3, SIZE, SIZE), np.nan, np.float32)
+    with pytest.raises(FloatingPointError) as error:
+        fit(tiny_cnn(), docs, epochs=1, batch_size=4, num_items_per_class=2, loss="TripletLoss", seed=0)
+    message = str(error.value)
+    assert docs[5].id in message.split("(documents: ")[1].split("). ")[0]  # among the batch's documents
+    assert f"The inputs of Document(id={docs[5].id!r}) hold NaN/inf values" in message
+    assert sum(doc.id in message for doc in docs) == 4  # the batch's four documents, no others
+
+
+def test_batch_documents_name_each_document_once_and_count_the_rest():
+    from finetuner_selfsup.engine.messages import batch_documents, non_finite_items
+
+    dataset = TwoViewDataset(unlabelled(8), jitter_view)
+    named = batch_documents(dataset, [0, 1, 0, 1])  # two images, two views each
+    assert named == f"Document(id={dataset.docs[0].id!r}), Document(id={dataset.docs[1].id!r})"
+    assert batch_documents(dataset, list(range(8)), limit=2).endswith(" and 6 more")
+    inputs = torch.zeros(4, 3)
+    inputs[2, 1] = float("inf")
+    assert non_finite_items(inputs, [5, 6, 7, 8]) == [7]
+    assert non_finite_items({"x": inputs}, [5, 6, 7, 8]) == []
+
+
 def test_projection_head_without_tailoring_is_not_silently_ignored():
     with pytest.raises(ValueError, match="to_embedding_model=True"):
         fit(tiny_cnn(), labelled(4), batch_size=4, loss="TripletLoss", projection_head=ProjectionHead(6, 4))

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..devices import resolve_device
+from .messages import batch_documents, non_finite_items
 from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
 from .prefetch import prefetch
@@ -529,10 +530,11 @@ class Tuner:
             "(skip_unreadable=True):\n%s", len(unique), listed,
         )
 
-    def _loss_of(self, batch: Batch) -> torch.Tensor:
+    def _loss_of(self, batch: Batch) -> Tuple[torch.Tensor, Any]:
+        """The batch's loss, and the model inputs it was computed from."""
         inputs = self._to_device(batch.inputs)
         labels = self._to_device(batch.labels)
-        return self._loss(self._forward(inputs), labels)
+        return self._loss(self._forward(inputs), labels), inputs
 
     def _forward(self, inputs: Any) -> Any:
         """The model's embeddings (float32) under the chosen precision and layout."""
@@ -578,16 +580,24 @@ class Tuner:
             )
             return embeddings
 
-    def _check_finite(self, loss: torch.Tensor, phase: str) -> float:
+    def _check_finite(
+        self, loss: torch.Tensor, phase: str, batch: Batch, inputs: Any, dataset: Dataset
+    ) -> float:
+        """The loss as a float; a non-finite one stops training with an error that names
+        the batch's documents (and those whose inputs hold NaN/inf, if any)."""
         value = float(loss.detach())
         if self.distributed is not None:  # the global batch's loss, the same on every rank
             value = distributed.all_reduce_mean(value, self.device)
         if not math.isfinite(value):
+            documents = batch_documents(dataset, batch.indices)
+            bad = non_finite_items(inputs, batch.indices)
+            culprits = f"The inputs of {batch_documents(dataset, bad)} hold NaN/inf values. " if bad else ""
             raise FloatingPointError(
                 f"the {phase} loss became {value} at epoch {self.state.epoch + 1}, batch "
-                f"{self.state.batch_index + 1}; training stopped so that no broken model is "
-                f"returned. Try a lower learning_rate, check the inputs for NaN/inf values, "
-                f"or (NT-Xent) a higher temperature."
+                f"{self.state.batch_index + 1} (documents: {documents or 'unknown'}). "
+                f"{culprits}Training stopped so that no broken model is returned. Try a "
+                f"lower learning_rate, check the inputs for NaN/inf values, or (NT-Xent) a "
+                f"higher temperature."
             )
         return value
 
@@ -608,8 +618,9 @@ class Tuner:
             if not self._note_skipped(batch, kind):
                 continue
             self._trigger_callbacks("on_train_batch_begin")
-            loss = self._loss_of(batch)
-            value = self._check_finite(loss, "training")
+            loss, inputs = self._loss_of(batch)
+            value = self._check_finite(loss, "training", batch, inputs, loader.dataset)
+            del inputs
             self._optimizer.zero_grad(set_to_none=True)
             if self._grad_scaler is not None:
                 self._grad_scaler.scale(loss).backward()
@@ -632,5 +643,6 @@ class Tuner:
                 if not self._note_skipped(batch, kind):
                     continue
                 self._trigger_callbacks("on_val_batch_begin")
-                self.state.current_loss = self._check_finite(self._loss_of(batch), "validation")
+                loss, inputs = self._loss_of(batch)
+                self.state.current_loss = self._check_finite(loss, "validation", batch, inputs, loader.dataset)
                 self._trigger_callbacks("on_val_batch_end")
