@@ -6,7 +6,8 @@ this package map them back to documents (``dataset.document(i)`` for sessions,
 """
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Sequence
 
 import torch
 
@@ -35,3 +36,19 @@ def non_finite_items(inputs: Any, indices: Sequence[int]) -> List[int]:
         return []
     bad_rows = (~torch.isfinite(inputs.reshape(len(indices), -1))).any(dim=1)
     return list(dict.fromkeys(int(indices[row]) for row in bad_rows.nonzero().flatten().tolist()))
+
+
+@contextmanager
+def blame_eval_data() -> Iterator[None]:
+    """Say that a ValueError raised while batching or evaluating ``eval_data`` is about
+    ``eval_data``: the sampler's and collation's messages only speak of "the data", and the
+    user's train_data may be fine with the same settings."""
+    try:
+        yield
+    except ValueError as exc:
+        if "eval_data" in str(exc):
+            raise
+        raise ValueError(
+            f"eval_data: {exc} (ft.fit batches eval_data like train_data: with the same "
+            f"batch_size, num_items_per_class and preprocess_fn.)"
+        ) from exc

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..devices import resolve_device
-from .messages import batch_documents, non_finite_items
+from .messages import batch_documents, blame_eval_data, non_finite_items
 from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
 from .prefetch import prefetch
@@ -84,22 +83,6 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
 
 def _is_image_batch(inputs: Any) -> bool:
     return isinstance(inputs, torch.Tensor) and inputs.ndim == 4 and inputs.is_floating_point()
-
-
-@contextmanager
-def _blame_eval_data() -> Iterator[None]:
-    """Say that a ValueError raised while batching or evaluating ``eval_data`` is about
-    ``eval_data``: the sampler's and collation's messages only speak of "the data", and the
-    user's train_data may be fine with the same settings."""
-    try:
-        yield
-    except ValueError as exc:
-        if "eval_data" in str(exc):
-            raise
-        raise ValueError(
-            f"eval_data: {exc} (ft.fit batches eval_data like train_data: with the same "
-            f"batch_size, num_items_per_class and preprocess_fn.)"
-        ) from exc
 
 
 class Tuner:
@@ -405,7 +388,7 @@ class Tuner:
         )
         eval_loader, eval_kind = None, kind
         if eval_data is not None and len(eval_data) > 0:
-            with _blame_eval_data():
+            with blame_eval_data():
                 eval_loader, eval_kind = self._data_loader(
                     eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
                     collate_fn, num_workers, skip_unreadable,
@@ -438,7 +421,7 @@ class Tuner:
                     self.state.num_batches_val = len(eval_loader.batch_sampler)
                     self.state.batch_index = 0
                     self._trigger_callbacks("on_val_begin")
-                    with _blame_eval_data():
+                    with blame_eval_data():
                         self._eval_epoch(eval_loader, eval_kind)
                     self._trigger_callbacks("on_val_end")
                 self._trigger_callbacks("on_epoch_end")
