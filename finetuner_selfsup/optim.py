@@ -186,7 +186,8 @@ class LargeBatchRecipe:
 
     def plan(self, images_per_batch: int, steps_per_epoch: int, epochs: int) -> None:
         """Called by the engine when training starts: set the learning rate for the batch
-        and the schedule's length. The scheduler must be stepped every batch."""
+        and the schedule's length. The scheduler must be stepped every batch (``ft.fit``
+        refuses ``scheduler_step='epoch'`` with an optimiser that has ``plan``)."""
         self.learning_rate = scaled_learning_rate(self.base_lr, images_per_batch, self.scaling)
         self.total_steps = max(1, steps_per_epoch * epochs)
         self.warmup_steps = min(self.total_steps, round(self.warmup_epochs * steps_per_epoch))

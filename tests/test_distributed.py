@@ -178,3 +178,17 @@ def test_uneven_shares_of_the_global_batch_are_announced(caplog):
     with caplog.at_level(logging.INFO, logger="finetuner_selfsup"):
         tuner._shard(InstanceBatchSampler(40, 10, torch.Generator().manual_seed(0)), DataKind.INSTANCE, None)
     assert "10 images a step shared by 4 processes" in caplog.text and "(2 or 3)" in caplog.text
+
+
+def test_a_self_supervised_share_with_one_readable_image_stops_naming_images():
+    from torch import nn
+
+    from finetuner_selfsup.engine.collate import Batch
+    from finetuner_selfsup.engine.data_kinds import DataKind
+    from finetuner_selfsup.engine.tuner import Tuner
+
+    tuner = Tuner(nn.Linear(2, 2))
+    tuner.distributed = DistributedContext(1, 2, 1)
+    batch = Batch(None, torch.tensor([3, 3]), [3, 3], [("broken.jpg", "not an image")])  # 1 image, 2 views
+    with pytest.raises(RuntimeError, match="fewer than 2 readable images.*broken.jpg"):
+        tuner._note_skipped(batch, DataKind.INSTANCE)

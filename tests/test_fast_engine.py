@@ -235,3 +235,60 @@ def test_gpu_code_path_on_the_cpu_gives_the_same_model(tmp_path, monkeypatch):
         results.append([p.detach().clone() for p in model.parameters()])
     assert used == [1, 1]  # one prefetching loader per epoch
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_fast_path_skips_a_batch_left_with_one_readable_image(tmp_path):
+    """Fast path, self-supervised: a batch of 2 images of which one file is missing keeps
+    one image (two views, no negative); the step is skipped instead of NT-Xent raising."""
+    docs = jpeg_docs(tmp_path, 4)
+    (tmp_path / "000.jpg").unlink()
+    trained = []
+
+    class Count:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_train_batch_end(self, tuner):
+            trained.append(tuner.state.current_loss)
+
+    for seed in range(3):
+        fit(tiny_cnn(), docs, epochs=1, batch_size=4, loss=NTXentLoss(),
+            preprocess_fn=vision_preprocessor(SIZE, SIZE), skip_unreadable=True, seed=seed,
+            callbacks=[Count()])
+    assert len(trained) == 3  # of each run's two batches, the one with both images readable
+
+
+class BatchNormThenView(nn.Module):
+    """Batch-norm, then ``.view``: the channels-last attempt updates the running statistics
+    before it fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_failed_channels_last_attempt_leaves_batchnorm_statistics_alone():
+    """The fallback must not count the first batch twice in the running statistics."""
+    rng = np.random.default_rng(0)
+    docs = DocumentArray(Document(tensor=rng.standard_normal((3, 8, 8)).astype(np.float32)) for _ in range(4))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(3, 8, 8)
+
+    models = []
+    for channels_last in (False, True):
+        model = BatchNormThenView()
+        fit(model, docs, epochs=1, batch_size=8, loss=NTXentLoss(), preprocess_fn=views, seed=0,
+            channels_last=channels_last, learning_rate=0.0)
+        models.append(model)
+    plain, probed = models
+    assert int(probed.bn.num_batches_tracked) == 1
+    assert torch.allclose(plain.bn.running_mean, probed.bn.running_mean, atol=1e-6)
+    assert torch.allclose(plain.bn.running_var, probed.bn.running_var, atol=1e-6)

@@ -12,7 +12,7 @@ from torch import nn
 from finetuner_selfsup.engine.collate import Collate
 from finetuner_selfsup.engine.data_kinds import DataKind
 from finetuner_selfsup.engine.datasets import TwoViewDataset
-from finetuner_selfsup.engine.samplers import ClassBatchSampler, InstanceBatchSampler
+from finetuner_selfsup.engine.samplers import ClassBatchSampler, InstanceBatchSampler, SessionBatchSampler
 from finetuner_selfsup.fit import fit
 from finetuner_selfsup.heads import EmbeddingModelWithHead, ProjectionHead
 from finetuner_selfsup.losses import NTXentLoss, TripletLoss
@@ -196,6 +196,30 @@ def test_non_finite_loss_stops_with_the_step():
         fit(tiny_cnn(), docs, epochs=1, batch_size=8, num_items_per_class=2, loss="TripletLoss")
 
 
+def test_non_finite_loss_names_the_batch_documents_and_the_one_with_nan_inputs():
+    docs = labelled(4)
+    docs[5].tensor = np.full((3, SIZE, SIZE), np.nan, np.float32)
+    with pytest.raises(FloatingPointError) as error:
+        fit(tiny_cnn(), docs, epochs=1, batch_size=4, num_items_per_class=2, loss="TripletLoss", seed=0)
+    message = str(error.value)
+    assert docs[5].id in message.split("(documents: ")[1].split("). ")[0]  # among the batch's documents
+    assert f"The inputs of Document(id={docs[5].id!r}) hold NaN/inf values" in message
+    assert sum(doc.id in message for doc in docs) == 4  # the batch's four documents, no others
+
+
+def test_batch_documents_name_each_document_once_and_count_the_rest():
+    from finetuner_selfsup.engine.messages import batch_documents, non_finite_items
+
+    dataset = TwoViewDataset(unlabelled(8), jitter_view)
+    named = batch_documents(dataset, [0, 1, 0, 1])  # two images, two views each
+    assert named == f"Document(id={dataset.docs[0].id!r}), Document(id={dataset.docs[1].id!r})"
+    assert batch_documents(dataset, list(range(8)), limit=2).endswith(" and 6 more")
+    inputs = torch.zeros(4, 3)
+    inputs[2, 1] = float("inf")
+    assert non_finite_items(inputs, [5, 6, 7, 8]) == [7]
+    assert non_finite_items({"x": inputs}, [5, 6, 7, 8]) == []
+
+
 def test_projection_head_without_tailoring_is_not_silently_ignored():
     with pytest.raises(ValueError, match="to_embedding_model=True"):
         fit(tiny_cnn(), labelled(4), batch_size=4, loss="TripletLoss", projection_head=ProjectionHead(6, 4))
@@ -250,6 +274,21 @@ def test_eval_data_and_upstream_early_stopping(tmp_path):
     assert (tmp_path / "ckpt" / "saved_model_epoch_02").exists()
 
 
+def test_errors_in_batching_eval_data_say_it_is_eval_data():
+    """train_data batches fine with these settings; the error must point at eval_data."""
+    with pytest.raises(ValueError, match=r"^eval_data: the labelled data has 3 classes"):
+        fit(tiny_cnn(), labelled(8), eval_data=labelled(3, seed=1), epochs=1, batch_size=8,
+            num_items_per_class=2, loss="TripletLoss")
+    with pytest.raises(ValueError, match=r"^eval_data: self-supervised training needs at least 2 images"):
+        fit(tiny_cnn(), unlabelled(4), eval_data=unlabelled(1, seed=1), epochs=1, batch_size=4,
+            loss=NTXentLoss(), preprocess_fn=jitter_view)
+    odd = unlabelled(4, seed=1)
+    odd[2].tensor = np.zeros((3, SIZE + 2, SIZE), np.float32)
+    with pytest.raises(ValueError, match=r"^eval_data: inputs of one batch must have the same shape"):
+        fit(tiny_cnn(), unlabelled(4), eval_data=odd, epochs=1, batch_size=8, loss=NTXentLoss(),
+            preprocess_fn=jitter_view)
+
+
 def test_seed_makes_cpu_runs_identical():
     runs = []
     for _ in range(2):
@@ -289,6 +328,40 @@ def test_session_data_trains():
     log = LossLog()
     fit(tiny_cnn(), docs, epochs=1, batch_size=8, loss="TripletLoss", callbacks=[log])
     assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)
+
+
+def _session_docs(*sessions) -> DocumentArray:
+    """One root per ``(positives, negatives)``, with that many matches tagged +1 / -1."""
+    rng = np.random.default_rng(0)
+    docs = DocumentArray()
+    for positives, negatives in sessions:
+        root = Document(tensor=rng.random((3, SIZE, SIZE), dtype=np.float32))
+        for tag in [1] * positives + [-1] * negatives:
+            root.matches.append(Document(tensor=rng.random((3, SIZE, SIZE), dtype=np.float32), tags={"finetuner_label": tag}))
+        docs.append(root)
+    return docs
+
+
+def test_a_session_cut_across_batches_keeps_a_positive_and_a_negative_in_each():
+    """A session larger than a batch is cut; a random cut could leave a batch of its root
+    with only negatives, in which a triplet miner finds nothing (fit then stopped)."""
+    labels = [(0, 0), (0, 1)] + [(0, -1)] * 4 + [(1, 0), (1, 1), (1, -1)]  # 1+5 > batch_size 4
+    for seed in range(20):
+        sampler = SessionBatchSampler(labels, batch_size=4, generator=torch.Generator().manual_seed(seed))
+        plan = list(sampler)
+        assert set(sum(plan, [])) == set(range(len(labels)))  # every item used
+        for batch in plan:
+            assert len(batch) <= 4
+            for session in {labels[i][0] for i in batch}:
+                types = {labels[i][1] for i in batch if labels[i][0] == session}
+                assert types == {0, 1, -1}, (seed, plan)
+        again = list(SessionBatchSampler(labels, batch_size=4, generator=torch.Generator().manual_seed(seed)))
+        assert again == plan  # deterministic per seed
+    log = LossLog()
+    for seed in range(3):
+        fit(tiny_cnn(), _session_docs((1, 4), (1, 1), (1, 1)), epochs=1, batch_size=4, loss="TripletLoss",
+            seed=seed, callbacks=[log])
+    assert log.train and all(math.isfinite(v) for v in log.train)
 
 
 def test_fewer_images_than_one_batch_trains_one_smaller_batch():

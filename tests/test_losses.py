@@ -387,3 +387,27 @@ def test_ntxent_memory_bank_is_left_alone_in_evaluation_and_off_by_default():
     assert banked.memory_bank is None
     with pytest.raises(ValueError, match="memory_bank_size"):
         NTXentLoss(memory_bank_size=-1)
+
+
+def test_a_new_fit_starts_with_an_empty_memory_bank():
+    """One loss object for two fits: the second must not contrast with the first model's
+    queued embeddings (here they are even 8-d against the second model's 4-d)."""
+    import numpy as np
+    from docarray import Document, DocumentArray
+
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    rng = np.random.default_rng(0)
+    docs = DocumentArray(Document(tensor=rng.standard_normal(6).astype(np.float32)) for _ in range(8))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    loss_fn = NTXentLoss(memory_bank_size=16)
+    fit(torch.nn.Linear(6, 8), docs, epochs=1, batch_size=4, loss=loss_fn, preprocess_fn=views, seed=0)
+    assert loss_fn.memory_bank.shape == (16, 8)
+    fit(torch.nn.Linear(6, 4), docs, epochs=1, batch_size=4, loss=loss_fn, preprocess_fn=views, seed=0)
+    assert loss_fn.memory_bank.shape == (16, 4)  # refilled by the second model only
+    loss_fn.reset_memory_bank()
+    assert loss_fn.memory_bank is None

@@ -189,3 +189,12 @@ def test_supervised_fit_without_an_optimiser_keeps_adam():
     fit(_tiny_model(), docs, epochs=1, batch_size=8, loss="TripletLoss", num_items_per_class=2,
         callbacks=[record], seed=0)
     assert record.kind == "Adam" and set(record.rates) == {1e-3}
+
+
+def test_recipe_with_an_epoch_scheduler_step_is_an_error():
+    """The recipe plans warm-up and decay in batches; stepped once per epoch the rate would
+    never leave the warm-up (4 epochs of 4 steps: 0.0125 .. 0.05 instead of reaching 0.1)."""
+    recipe = LargeBatchRecipe(base_lr=0.1, scaling="none", warmup_epochs=1, optimizer="sgd")
+    with pytest.raises(ValueError, match=r"configure_optimizer=LargeBatchRecipe.*scheduler_step='epoch'.*scheduler_step='batch'"):
+        fit(_tiny_model(), _unlabelled(), epochs=4, batch_size=4, loss=NTXentLoss(),
+            preprocess_fn=_JITTER, configure_optimizer=recipe, scheduler_step="epoch")

@@ -4,6 +4,7 @@ can be skipped and are reported."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -130,6 +131,8 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_resume_from_an_empty_folder_starts_from_scratch(tmp_path):
     assert find_checkpoint(tmp_path / "not-yet") is None
+    assert find_checkpoint(tmp_path / "lr0.5") is None  # a folder name with a dot, not created yet
+    assert find_checkpoint(tmp_path / "runs.v2" / "seed-1") is None
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         find_checkpoint(tmp_path / "saved_model_epoch_07")
 
@@ -179,3 +182,173 @@ def test_skip_unreadable_trains_on_the_rest_and_lists_every_skipped_file(tmp_pat
     assert len(seen) == 2  # one batch per epoch, each without the broken image
     report = "\n".join(r.getMessage() for r in caplog.records)
     assert "1 document(s) were skipped" in report and "broken.jpg" in report
+
+
+def _vector_docs(n: int, seed: int = 0) -> DocumentArray:
+    rng = np.random.default_rng(seed)
+    return DocumentArray(Document(tensor=rng.standard_normal(6).astype(np.float32)) for _ in range(n))
+
+
+def test_skip_unreadable_drops_a_self_supervised_batch_left_with_one_image():
+    """Each image is listed twice in a self-supervised batch (one entry per view): a batch
+    of 2 images with one unreadable keeps 1 image, which has no negative for NT-Xent, so
+    the step must be skipped instead of NT-Xent raising."""
+    from finetuner_selfsup.augment.image_loading import DocumentImageError
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    docs = _vector_docs(8)
+    bad = {docs[i].id for i in (0, 1, 2)}
+
+    def views(doc):
+        if doc.id in bad:
+            raise DocumentImageError(f"{doc.id}: cannot read")
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    class Steps:
+        def __init__(self):
+            self.losses = []
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+        def on_train_batch_end(self, tuner):
+            self.losses.append(tuner.state.current_loss)
+
+    for seed in range(5):  # batch orders that pair an unreadable image with a readable one
+        steps = Steps()
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        fit(model, docs, epochs=1, batch_size=4, loss=NTXentLoss(), preprocess_fn=views,
+            skip_unreadable=True, seed=seed, callbacks=[steps])
+        # 4 batches of 2 images, 5 readable: only batches with 2 readable images train
+        assert 1 <= len(steps.losses) <= 2 and all(np.isfinite(steps.losses))
+
+
+def test_a_self_supervised_batch_counts_images_not_views():
+    from finetuner_selfsup.engine.collate import Batch
+    from finetuner_selfsup.engine.data_kinds import DataKind
+    from finetuner_selfsup.engine.tuner import Tuner
+
+    tuner = Tuner(torch.nn.Linear(2, 2))
+    one_image = Batch(None, torch.tensor([3, 3]), [3, 3], [("broken.jpg", "not an image")])
+    assert tuner._note_skipped(one_image, DataKind.INSTANCE) is False
+    two_images = Batch(None, torch.tensor([3, 5, 3, 5]), [3, 5, 3, 5], [])
+    assert tuner._note_skipped(two_images, DataKind.INSTANCE) is True
+    assert tuner._note_skipped(one_image, DataKind.CLASS) is True  # two items of a class batch
+
+
+def _train_with_bank(save_dir, resume_from=None, epochs: int = 3) -> torch.Tensor:
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    fit(model, _vector_docs(8), epochs=epochs, batch_size=4, loss=NTXentLoss(memory_bank_size=8),
+        preprocess_fn=views, seed=0, callbacks=[TrainingCheckpoint(str(save_dir), last_k_epochs=0)],
+        resume_from=resume_from)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_resume_with_a_memory_bank_is_bit_for_bit(tmp_path):
+    """The queue of earlier views is part of the run's state: a resumed run's first batches
+    must contrast with the same queued negatives as the uninterrupted run's."""
+    full = _train_with_bank(tmp_path / "full")
+    saved = torch.load(tmp_path / "full" / "saved_model_epoch_01", weights_only=True)
+    assert saved["memory_bank"].shape == (8, 8)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    (resumed_dir / "saved_model_epoch_01").write_bytes((tmp_path / "full" / "saved_model_epoch_01").read_bytes())
+    assert torch.equal(full, _train_with_bank(resumed_dir, resume_from=str(resumed_dir)))
+
+
+def test_a_checkpoint_without_a_memory_bank_still_resumes(tmp_path, caplog):
+    _train_with_bank(tmp_path / "full", epochs=1)
+    checkpoint = torch.load(tmp_path / "full" / "saved_model_epoch_01", weights_only=True)
+    del checkpoint["memory_bank"]  # as written before the bank was saved
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save(checkpoint, old / "saved_model_epoch_01")
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        _train_with_bank(old, resume_from=str(old), epochs=2)
+    assert "no NT-Xent memory bank" in caplog.text
+    assert (old / "saved_model_epoch_02").exists()
+
+
+def _short_run(save_dir, epochs: int, seed: int, resume_from=None, last_k_epochs: int = 1) -> torch.nn.Module:
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(6, 4)
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    fit(model, _vector_docs(8), epochs=epochs, batch_size=4, loss=NTXentLoss(), preprocess_fn=views,
+        seed=seed, callbacks=[TrainingCheckpoint(str(save_dir), last_k_epochs=last_k_epochs)],
+        resume_from=resume_from)
+    return model
+
+
+def _age(path, seconds: float = 3600) -> None:
+    """Make ``path`` look written ``seconds`` ago (an earlier run's file)."""
+    import os
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_fresh_run_keeps_its_own_checkpoints_beside_an_earlier_runs(tmp_path):
+    """last_k_epochs prunes this run's files only: a 2-epoch run after a 3-epoch one in the
+    same folder used to delete its own epoch_02 as 'older' than the stale epoch_03."""
+    _short_run(tmp_path, epochs=3, seed=0)
+    stale = tmp_path / "saved_model_epoch_03"
+    _age(stale)
+    stale_bytes = stale.read_bytes()
+    model = _short_run(tmp_path, epochs=2, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_02", "saved_model_epoch_03"]
+    assert stale.read_bytes() == stale_bytes  # an earlier run's file: left alone
+    saved = torch.load(tmp_path / "saved_model_epoch_02", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # resuming continues the run written last, not the stale higher epoch
+    assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_02"
+
+
+def test_a_resumed_run_prunes_the_checkpoint_it_continued_and_nothing_else(tmp_path):
+    _short_run(tmp_path, epochs=2, seed=0, last_k_epochs=0)  # writes epoch_01 and epoch_02
+    _age(tmp_path / "saved_model_epoch_01", 7200)
+    _age(tmp_path / "saved_model_epoch_02")
+    _short_run(tmp_path, epochs=3, seed=0, resume_from=str(tmp_path))
+    # epoch_02 was this run's starting point, so it is pruned; epoch_01 is not this run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_01", "saved_model_epoch_03"]
+
+
+def test_resuming_from_a_folder_warns_about_an_ignored_higher_epoch(tmp_path, caplog):
+    for epoch in (3, 1):  # epoch 3 written first: an earlier run's
+        save_atomically({"epoch": epoch}, tmp_path / f"saved_model_epoch_{epoch:02d}")
+        _age(tmp_path / f"saved_model_epoch_{epoch:02d}", 100 * epoch)
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_01"
+    assert "saved_model_epoch_03 has a higher epoch but older" in caplog.text
+
+
+def test_resuming_with_another_model_or_optimiser_names_the_checkpoint(tmp_path):
+    """torch's bare load_state_dict errors name neither the file nor the likely cause."""
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    _short_run(tmp_path, epochs=1, seed=0)  # Linear(6, 4), the self-supervised default optimiser
+    checkpoint = re.escape(str(tmp_path / "saved_model_epoch_01"))
+
+    def views(doc):
+        return torch.as_tensor(doc.tensor) + 0.1 * torch.randn(6)
+
+    common = dict(epochs=2, batch_size=4, loss=NTXentLoss(), preprocess_fn=views, seed=0, resume_from=str(tmp_path))
+    with pytest.raises(ValueError, match=f"(?s){checkpoint} holds weights of another model.*size mismatch"):
+        fit(torch.nn.Linear(6, 8), _vector_docs(8), **common)
+    with pytest.raises(ValueError, match=f"(?s){checkpoint} holds the state of another optimiser.*learning_rate"):
+        fit(torch.nn.Linear(6, 4), _vector_docs(8), learning_rate=1e-3, **common)  # constant Adam instead

@@ -180,9 +180,13 @@ class SessionBatchSampler(_PlannedSampler):
     """Batches made of whole sessions (a root document and its matches), as in Finetuner 0.4.1.
 
     Sessions are added in random order until ``batch_size`` items; a session that does
-    not fit starts the next batch (a session larger than a batch is cut to its root plus
-    a random subset of its matches, and its remaining matches are used in the following
-    batches with the root repeated).
+    not fit starts the next batch. A session larger than a batch is cut into pieces of at
+    most ``batch_size - 1`` of its (shuffled) matches, each batch holding the root again.
+    When the session has positive and negative matches, every piece keeps at least one of
+    each (a root with only negatives, or only positives, gives a triplet miner nothing):
+    if the plain cut leaves a piece without, the pieces are dealt a positive and a
+    negative first -- re-using one when there are fewer than pieces -- and then filled
+    with the rest in shuffled order.
     """
 
     def __init__(
@@ -196,8 +200,11 @@ class SessionBatchSampler(_PlannedSampler):
             raise ValueError(f"batch_size must be at least 2, got {batch_size}.")
         self.batch_size = batch_size
         self.sessions: Dict[int, List[int]] = defaultdict(list)
-        for index, (session, _) in enumerate(labels):
+        #: match type of every item: 0 root, 1 positive, -1 negative
+        self.match_types: List[int] = []
+        for index, (session, match_type) in enumerate(labels):
             self.sessions[session].append(index)
+            self.match_types.append(match_type)
 
     def _plan_epoch(self) -> List[List[int]]:
         session_ids = list(self.sessions)
@@ -206,19 +213,41 @@ class SessionBatchSampler(_PlannedSampler):
         for position in self._randperm(len(session_ids)):
             root, *matches = self.sessions[session_ids[position]]
             matches = [matches[i] for i in self._randperm(len(matches))]
-            while True:
-                if len(current) + 1 + len(matches) <= self.batch_size:
-                    current += [root, *matches]
-                    break
-                if current:
+            if 1 + len(matches) <= self.batch_size:
+                if len(current) + 1 + len(matches) > self.batch_size:
                     batches.append(current)
                     current = []
-                    continue
-                fit = self.batch_size - 1
-                batches.append([root, *matches[:fit]])
-                matches = matches[fit:]
-                if not matches:
-                    break
+                current += [root, *matches]
+                continue
+            if current:
+                batches.append(current)
+            *full, last = self._cut(matches)
+            batches.extend([root, *piece] for piece in full)
+            current = [root, *last]  # the last piece may share its batch with the next sessions
         if current:
             batches.append(current)
         return batches
+
+    def _cut(self, matches: List[int]) -> List[List[int]]:
+        """Shuffled matches of a session too large for one batch -> pieces of at most
+        ``batch_size - 1``, each with a positive and a negative when the session has both."""
+        fit = self.batch_size - 1
+        pieces = [matches[i : i + fit] for i in range(0, len(matches), fit)]
+        positives = [m for m in matches if self.match_types[m] > 0]
+        negatives = [m for m in matches if self.match_types[m] < 0]
+        if fit < 2 or not positives or not negatives or all(self._has_both(p) for p in pieces):
+            return pieces
+        count = len(pieces)
+        # a piece holds one positive and one negative (re-used when too few) plus the rest
+        while 2 * count + max(0, len(positives) - count) + max(0, len(negatives) - count) > count * fit:
+            count += 1
+        pieces = [[positives[k % len(positives)], negatives[k % len(negatives)]] for k in range(count)]
+        dealt = set(positives[:count]) | set(negatives[:count])
+        rest = iter([m for m in matches if m not in dealt])
+        for piece in pieces:
+            piece.extend(m for _, m in zip(range(fit - len(piece)), rest))
+        return pieces
+
+    def _has_both(self, piece: List[int]) -> bool:
+        types = {self.match_types[m] > 0 for m in piece}
+        return types == {True, False}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed
 from ..devices import resolve_device
+from .messages import batch_documents, blame_eval_data, non_finite_items
 from .batched_views import BatchViews, PendingViews, SourceCollate, SourceDataset, uses_batched_views
 from .collate import Batch, Collate
 from .prefetch import prefetch
@@ -105,6 +107,16 @@ class Tuner:
 
         if scheduler_step not in ("batch", "epoch"):
             raise ValueError(f"scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}.")
+        if scheduler_step == "epoch" and callable(getattr(configure_optimizer, "plan", None)):
+            # its warm-up and decay are planned in batches: stepped per epoch, the rate
+            # would stay in the warm-up and never reach its base value
+            raise ValueError(
+                f"configure_optimizer={configure_optimizer!r} plans its learning-rate "
+                f"schedule in batches (warm-up, then decay, one step per batch), but "
+                f"scheduler_step='epoch' would step it once per epoch, so the rate would "
+                f"stay in the warm-up and never reach its peak (base_lr). Pass "
+                f"scheduler_step='batch' (the default) with it."
+            )
         self.device = resolve_device(device)
         self._device_name = device
         #: rank and world size when running data-parallel (under torchrun), else None
@@ -135,6 +147,8 @@ class Tuner:
             )
             generator = torch.Generator().manual_seed(seed)
         self.batch_order_generator = generator
+        #: the checkpoint this fit resumed from (None: it started from scratch)
+        self.resumed_from: Optional[Path] = None
         #: ``(document, reason)`` of every item left out because its image was unreadable
         self.skipped_documents: List[Tuple[str, str]] = []
         self._progress_bar = Progress()
@@ -372,18 +386,23 @@ class Tuner:
             train_data, "train_data", batch_size, num_items_per_class, preprocess_fn,
             collate_fn, num_workers, skip_unreadable,
         )
-        eval_loader = None
+        eval_loader, eval_kind = None, kind
         if eval_data is not None and len(eval_data) > 0:
-            eval_loader, _ = self._data_loader(
-                eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
-                collate_fn, num_workers, skip_unreadable,
-            )
+            with blame_eval_data():
+                eval_loader, eval_kind = self._data_loader(
+                    eval_data, "eval_data", batch_size, num_items_per_class, preprocess_fn,
+                    collate_fn, num_workers, skip_unreadable,
+                )
         logger.info("training on %d documents (%s data)", len(train_data), kind.value)
 
         from finetuner.tuner.state import TunerState
 
         self.state = TunerState(num_epochs=epochs)
+        reset_loss = getattr(self._loss, "reset_memory_bank", None)
+        if callable(reset_loss):  # NT-Xent's queue belongs to one run (a resume restores it)
+            reset_loss()
         self._plan_optimizer(kind, batch_size, train_loader, epochs)
+        self.resumed_from = None
         start_epoch = self._resume(resume_from) if resume_from is not None else 0
         self._wrap_for_data_parallel()
         try:
@@ -394,7 +413,7 @@ class Tuner:
                 self.state.batch_index = 0
                 self._trigger_callbacks("on_epoch_begin")
                 self._trigger_callbacks("on_train_epoch_begin")
-                self._train_epoch(train_loader)
+                self._train_epoch(train_loader, kind)
                 if self._scheduler_step == "epoch" and self._scheduler is not None:
                     self._scheduler.step()
                 self._trigger_callbacks("on_train_epoch_end")
@@ -402,7 +421,8 @@ class Tuner:
                     self.state.num_batches_val = len(eval_loader.batch_sampler)
                     self.state.batch_index = 0
                     self._trigger_callbacks("on_val_begin")
-                    self._eval_epoch(eval_loader)
+                    with blame_eval_data():
+                        self._eval_epoch(eval_loader, eval_kind)
                     self._trigger_callbacks("on_val_end")
                 self._trigger_callbacks("on_epoch_end")
                 if self.distributed is not None:
@@ -452,24 +472,33 @@ class Tuner:
         from .checkpoint import find_checkpoint, load_checkpoint, restore_tuner
 
         path = find_checkpoint(resume_from)
+        self.resumed_from = path
         if path is None:
             logger.info("no checkpoint in %s yet: training starts from scratch", resume_from)
             return 0
-        epochs_done = restore_tuner(self, load_checkpoint(path))
+        epochs_done = restore_tuner(self, load_checkpoint(path), path)
         logger.info("resumed from %s: %d epoch(s) already done", path, epochs_done)
         return epochs_done
 
-    def _note_skipped(self, batch: Batch) -> bool:
-        """Record the batch's unreadable documents; False if too little is left to train on."""
+    def _note_skipped(self, batch: Batch, kind: Optional[DataKind] = None) -> bool:
+        """Record the batch's unreadable documents; False if too little is left to train on.
+
+        A self-supervised batch (``kind`` INSTANCE) lists each image twice (one entry per
+        view), so it needs 2 *distinct* images -- one image's two views have no negative,
+        and NT-Xent would raise. Other batches need 2 items, as before.
+        """
         self.skipped_documents.extend(batch.skipped)
-        enough = len(batch.indices) >= 2
+        instance = kind is DataKind.INSTANCE
+        readable = len(set(batch.indices)) if instance else len(batch.indices)
+        enough = readable >= 2
         if not enough and self.distributed is not None:
             # Skipping the step on one process would leave the others waiting in DDP's
             # gradient exchange; stop instead (torchrun then ends every process).
             listed = "; ".join(f"{doc}: {reason}" for doc, reason in batch.skipped)
+            what = "images" if instance else "items"
             raise RuntimeError(
                 f"process {self.distributed.rank}'s share of batch {self.state.batch_index + 1} "
-                f"has fewer than 2 readable items after skipping unreadable images ({listed}). "
+                f"has fewer than 2 readable {what} after skipping unreadable images ({listed}). "
                 f"Remove those documents, or train on one process."
             )
         return enough
@@ -484,10 +513,11 @@ class Tuner:
             "(skip_unreadable=True):\n%s", len(unique), listed,
         )
 
-    def _loss_of(self, batch: Batch) -> torch.Tensor:
+    def _loss_of(self, batch: Batch) -> Tuple[torch.Tensor, Any]:
+        """The batch's loss, and the model inputs it was computed from."""
         inputs = self._to_device(batch.inputs)
         labels = self._to_device(batch.labels)
-        return self._loss(self._forward(inputs), labels)
+        return self._loss(self._forward(inputs), labels), inputs
 
     def _forward(self, inputs: Any) -> Any:
         """The model's embeddings (float32) under the chosen precision and layout."""
@@ -508,13 +538,22 @@ class Tuner:
 
     def _first_forward(self, inputs: torch.Tensor) -> Any:
         """Try channels-last once; a model whose forward needs contiguous tensors (e.g. it
-        calls ``.view`` on a conv output) gets the plain layout back, with a warning."""
+        calls ``.view`` on a conv output) gets the plain layout back, with a warning.
+
+        The failed attempt may already have updated buffers (batch-norm running statistics
+        and batch counts); they are put back before the retry, so that the batch counts once.
+        """
         self._layout_checked = True
+        buffers = {name: b.detach().clone() for name, b in self._embed_model.named_buffers()}
         self._embed_model.to(memory_format=torch.channels_last)
         try:
             return self._autocast_forward(inputs.contiguous(memory_format=torch.channels_last))
         except RuntimeError as exc:
             self._embed_model.to(memory_format=torch.contiguous_format)
+            with torch.no_grad():
+                for name, buffer in self._embed_model.named_buffers():
+                    if name in buffers:
+                        buffer.copy_(buffers[name])
             self.channels_last = False
             embeddings = self._autocast_forward(inputs)
             logger.warning(
@@ -524,16 +563,24 @@ class Tuner:
             )
             return embeddings
 
-    def _check_finite(self, loss: torch.Tensor, phase: str) -> float:
+    def _check_finite(
+        self, loss: torch.Tensor, phase: str, batch: Batch, inputs: Any, dataset: Dataset
+    ) -> float:
+        """The loss as a float; a non-finite one stops training with an error that names
+        the batch's documents (and those whose inputs hold NaN/inf, if any)."""
         value = float(loss.detach())
         if self.distributed is not None:  # the global batch's loss, the same on every rank
             value = distributed.all_reduce_mean(value, self.device)
         if not math.isfinite(value):
+            documents = batch_documents(dataset, batch.indices)
+            bad = non_finite_items(inputs, batch.indices)
+            culprits = f"The inputs of {batch_documents(dataset, bad)} hold NaN/inf values. " if bad else ""
             raise FloatingPointError(
                 f"the {phase} loss became {value} at epoch {self.state.epoch + 1}, batch "
-                f"{self.state.batch_index + 1}; training stopped so that no broken model is "
-                f"returned. Try a lower learning_rate, check the inputs for NaN/inf values, "
-                f"or (NT-Xent) a higher temperature."
+                f"{self.state.batch_index + 1} (documents: {documents or 'unknown'}). "
+                f"{culprits}Training stopped so that no broken model is returned. Try a "
+                f"lower learning_rate, check the inputs for NaN/inf values, or (NT-Xent) a "
+                f"higher temperature."
             )
         return value
 
@@ -544,18 +591,19 @@ class Tuner:
             return prefetch(loader)
         return loader
 
-    def _train_epoch(self, loader: DataLoader) -> None:
+    def _train_epoch(self, loader: DataLoader, kind: DataKind) -> None:
         self._embed_model.train()
         self._loss.train()  # e.g. NT-Xent's memory bank is used and filled in training only
         for index, batch in enumerate(self._batches(loader)):
             self.state.batch_index = index
             for group_index, group in enumerate(self._optimizer.param_groups):
                 self.state.learning_rates[f"group_{group_index}"] = group["lr"]
-            if not self._note_skipped(batch):
+            if not self._note_skipped(batch, kind):
                 continue
             self._trigger_callbacks("on_train_batch_begin")
-            loss = self._loss_of(batch)
-            value = self._check_finite(loss, "training")
+            loss, inputs = self._loss_of(batch)
+            value = self._check_finite(loss, "training", batch, inputs, loader.dataset)
+            del inputs
             self._optimizer.zero_grad(set_to_none=True)
             if self._grad_scaler is not None:
                 self._grad_scaler.scale(loss).backward()
@@ -569,14 +617,15 @@ class Tuner:
             self.state.current_loss = value
             self._trigger_callbacks("on_train_batch_end")
 
-    def _eval_epoch(self, loader: DataLoader) -> None:
+    def _eval_epoch(self, loader: DataLoader, kind: DataKind) -> None:
         self._embed_model.eval()
         self._loss.eval()
         with torch.no_grad():
             for index, batch in enumerate(self._batches(loader)):
                 self.state.batch_index = index
-                if not self._note_skipped(batch):
+                if not self._note_skipped(batch, kind):
                     continue
                 self._trigger_callbacks("on_val_batch_begin")
-                self.state.current_loss = self._check_finite(self._loss_of(batch), "validation")
+                loss, inputs = self._loss_of(batch)
+                self.state.current_loss = self._check_finite(loss, "validation", batch, inputs, loader.dataset)
                 self._trigger_callbacks("on_val_batch_end")

@@ -187,6 +187,12 @@ class NTXentLoss(nn.Module):
         #: the queued embeddings (normalised, detached), newest last
         self.memory_bank: Optional[torch.Tensor] = None
 
+    def reset_memory_bank(self) -> None:
+        """Empty the queue. The engine calls this when a fit starts, so that a loss object
+        used for a second fit does not contrast with the first model's embeddings (which
+        may not even have the same width); a resumed fit then restores the checkpoint's."""
+        self.memory_bank = None
+
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
