@@ -132,6 +132,9 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_resume_from_an_empty_folder_starts_from_scratch(tmp_path):
     assert find_checkpoint(tmp_path / "not-yet") is None
     assert find_checkpoint(tmp_path / "lr0.5") is None  # a folder name with a dot, not created yet
+    for typo in ("model.pt", "weights.PTH", "last.ckpt"):  # a mistyped file is not a new folder
+        with pytest.raises(FileNotFoundError, match=typo):
+            find_checkpoint(tmp_path / typo)
     assert find_checkpoint(tmp_path / "runs.v2" / "seed-1") is None
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         find_checkpoint(tmp_path / "saved_model_epoch_07")

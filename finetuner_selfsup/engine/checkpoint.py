@@ -34,6 +34,8 @@ logger = logging.getLogger("finetuner_selfsup")
 
 FORMAT = "finetuner-selfsup-checkpoint-1"
 _NAME = re.compile(r"^saved_model_epoch_(\d+)$")
+#: suffixes of model files: a missing path ending so is a mistyped file, not a new folder
+_FILE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl", ".tar", ".safetensors"})
 
 
 # -- random states ----------------------------------------------------------------------
@@ -113,14 +115,16 @@ def find_checkpoint(resume_from: Union[str, Path]) -> Optional[Path]:
     ``None`` when the folder does not exist yet or holds no checkpoint (a first run of a
     script that always passes ``resume_from``). A missing path is taken for a folder not
     created yet, whatever its name (``runs/lr0.5`` too), unless it is named like a
-    checkpoint (``saved_model_epoch_NN``): that is an error.
+    checkpoint (``saved_model_epoch_NN``) or a model file (``.pt``, ``.pth``, ``.ckpt``,
+    ...): that is an error, so that a mistyped file name does not silently start afresh.
 
     The newest checkpoint of a folder is the one written last (see
     :func:`newest_checkpoint`), not the one of the highest epoch: a folder can hold a
     higher epoch left by an earlier, longer run.
     """
     path = Path(resume_from)
-    if path.is_dir() or not path.exists() and not _NAME.match(path.name):
+    looks_like_file = _NAME.match(path.name) or path.suffix.lower() in _FILE_SUFFIXES
+    if path.is_dir() or not path.exists() and not looks_like_file:
         return newest_checkpoint(checkpoint_files(path))
     if not path.is_file():
         raise FileNotFoundError(
