@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from docarray import Document
 
 from finetuner_selfsup.distributed import (
     DistributedContext,
@@ -192,3 +194,40 @@ def test_a_self_supervised_share_with_one_readable_image_stops_naming_images():
     batch = Batch(None, torch.tensor([3, 3]), [3, 3], [("broken.jpg", "not an image")])  # 1 image, 2 views
     with pytest.raises(RuntimeError, match="fewer than 2 readable images.*broken.jpg"):
         tuner._note_skipped(batch, DataKind.INSTANCE)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_sync_batchnorm_is_undone_when_training_stops(monkeypatch, stop):
+    # The layers are swapped in place inside the caller's model; an interruption (the
+    # model is handed back) or an error must not leave SyncBatchNorm layers behind.
+    # GPU-only in real use, so the conversion is done here as under DDP, on the CPU.
+    from torch import nn
+
+    from finetuner_selfsup.distributed import convert_sync_batchnorm
+    from finetuner_selfsup.engine.tuner import Tuner
+    from finetuner_selfsup.fit import fit
+
+    def wrap_as_under_ddp(self):
+        self._batchnorm_originals = convert_sync_batchnorm(self._embed_model)
+
+    class StopsAtTheSecondBatch(nn.Module):
+        calls = 0
+
+        def forward(self, embeddings, labels):
+            StopsAtTheSecondBatch.calls += 1
+            if StopsAtTheSecondBatch.calls == 2:
+                raise stop("stopped")
+            return embeddings.pow(2).mean()
+
+    monkeypatch.setattr(Tuner, "_wrap_for_data_parallel", wrap_as_under_ddp)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+    docs = [Document(id=f"d{i}", tensor=np.full(4, float(i), np.float32)) for i in range(8)]
+    run = lambda: fit(model, docs, epochs=1, batch_size=4, loss=StopsAtTheSecondBatch(),  # noqa: E731
+                      preprocess_fn=lambda d: d.tensor)
+    if stop is KeyboardInterrupt:
+        run()  # upstream's behaviour: the model trained so far is returned
+    else:
+        with pytest.raises(RuntimeError, match="stopped"):
+            run()
+    assert StopsAtTheSecondBatch.calls == 2
+    assert type(model[1]) is nn.BatchNorm1d

@@ -355,3 +355,28 @@ def test_resuming_with_another_model_or_optimiser_names_the_checkpoint(tmp_path)
         fit(torch.nn.Linear(6, 8), _vector_docs(8), **common)
     with pytest.raises(ValueError, match=f"(?s){checkpoint} holds the state of another optimiser.*learning_rate"):
         fit(torch.nn.Linear(6, 4), _vector_docs(8), learning_rate=1e-3, **common)  # constant Adam instead
+
+
+def test_the_fp16_loss_scale_is_kept_in_checkpoints(tmp_path):
+    # fp16 training (CUDA) scales the loss; the scale found so far is part of the run's
+    # state, so a resumed run must not start again from the initial scale. Simulated with
+    # stand-in tuners and torch's CPU GradScaler.
+    from types import SimpleNamespace
+
+    from finetuner_selfsup.engine.checkpoint import load_checkpoint, restore_tuner
+
+    def tuner(scale: float) -> SimpleNamespace:
+        model = torch.nn.Linear(2, 2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        scaler._lazy_init_scale_growth_tracker(torch.device("cpu"))
+        return SimpleNamespace(
+            embed_model=model, _optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            _scheduler=None, _loss=None, _grad_scaler=scaler, state=SimpleNamespace(epoch=0),
+            batch_order_generator=torch.Generator().manual_seed(0),
+        )
+
+    writer = tuner(scale=512.0)
+    TrainingCheckpoint(str(tmp_path)).on_epoch_end(writer)
+    reader = tuner(scale=65536.0)
+    restore_tuner(reader, load_checkpoint(tmp_path / "saved_model_epoch_01"))
+    assert reader._grad_scaler.get_scale() == 512.0

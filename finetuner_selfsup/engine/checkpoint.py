@@ -220,6 +220,9 @@ class TrainingCheckpoint(Callback):
         bank = getattr(getattr(tuner, "_loss", None), "memory_bank", None)
         if bank is not None:
             state["memory_bank"] = bank
+        scaler = getattr(tuner, "_grad_scaler", None)
+        if scaler is not None:  # fp16: the loss scale found so far
+            state["grad_scaler"] = scaler.state_dict()
         path = save_atomically(state, self._path(epochs_done))
         self._logger.info("model trained for %d epochs is saved", epochs_done)
         self._written = [p for p in self._written if p.resolve() != path.resolve()] + [path]
@@ -276,6 +279,9 @@ def restore_tuner(tuner: Any, checkpoint: Dict[str, Any], source: Union[str, Pat
             "resumes, but the batch order and augmentations differ from an uninterrupted run."
         )
     _restore_memory_bank(getattr(tuner, "_loss", None), checkpoint)
+    scaler = getattr(tuner, "_grad_scaler", None)
+    if scaler is not None and "grad_scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["grad_scaler"])  # else it starts from its initial scale
     tuner.state.epoch = checkpoint["epoch"]
     return int(checkpoint["epoch"])
 

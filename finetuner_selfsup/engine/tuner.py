@@ -430,9 +430,7 @@ class Tuner:
                 if self.stop_training:
                     break
             self._trigger_callbacks("on_fit_end")
-            if self._batchnorm_originals:
-                distributed.revert_sync_batchnorm(self._embed_model, self._batchnorm_originals)
-                self._batchnorm_originals = []
+            self._revert_sync_batchnorm()
             if self.distributed is not None:
                 # e.g. BestModelCheckpoint restored the best weights on rank 0 only
                 distributed.broadcast_module(self._embed_model)
@@ -447,7 +445,16 @@ class Tuner:
             self._trigger_callbacks("on_exception", exception=exc)
             raise
         finally:
+            # also after an interruption or error: the model handed back (or still held by
+            # the caller) is the user's architecture, not one with SyncBatchNorm layers
+            self._revert_sync_batchnorm()
             self._report_skipped()
+
+    def _revert_sync_batchnorm(self) -> None:
+        """Put the model's own batch-norm layers back if ``sync_batchnorm`` replaced them."""
+        if self._batchnorm_originals:
+            distributed.revert_sync_batchnorm(self._embed_model, self._batchnorm_originals)
+            self._batchnorm_originals = []
 
     def _plan_optimizer(self, kind: DataKind, batch_size: int, loader: DataLoader, epochs: int) -> None:
         """Tell a ``configure_optimizer`` with a ``plan`` method (e.g.
