@@ -48,6 +48,7 @@ POST_IMPORT_PATCHES: Dict[str, str] = {
     "finetuner.tuner.callback.early_stopping": "finetuner_selfsup.compat.numpy2:patch_module",
     "finetuner.tuner.callback.best_model_checkpoint": "finetuner_selfsup.compat.numpy2:patch_module",
     "finetuner.tuner.evaluation": "finetuner_selfsup.compat.evaluator:patch_evaluation_module",
+    "finetuner.embedding": "finetuner_selfsup.compat.embedding:patch_embedding_module",
     "docarray.math.evaluation": "finetuner_selfsup.compat.numpy2:patch_module",
 }
 

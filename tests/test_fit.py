@@ -371,6 +371,53 @@ def test_fewer_images_than_one_batch_trains_one_smaller_batch():
     assert len(log.train) == 2 and all(math.isfinite(v) for v in log.train)
 
 
+def test_upstream_embed_takes_the_plugins_preprocessed_tensors():
+    """Upstream ft.embed collated with torch.tensor(list), which refuses the torch tensors
+    this package's vision_preprocessor returns; its default now stacks them."""
+    import finetuner as ft
+    from finetuner.tuner.augmentation import vision_preprocessor
+
+    docs = DocumentArray(Document(tensor=(255 * d.tensor).astype(np.uint8).transpose(1, 2, 0))
+                         for d in unlabelled(5))
+    model = tiny_cnn().eval()
+    pre = vision_preprocessor(SIZE, SIZE, phase="validation")
+    ft.embed(docs, model, batch_size=2, preprocess_fn=pre)
+    with torch.inference_mode():
+        expected = model(torch.stack([pre(d) for d in docs])).numpy()
+    np.testing.assert_allclose(docs.embeddings, expected, rtol=1e-5, atol=1e-6)
+    # numpy contents (no preprocess_fn) and a caller's collate_fn still work as upstream
+    plain = unlabelled(3)
+    ft.embed(plain, model)
+    with torch.inference_mode():
+        np.testing.assert_allclose(plain.embeddings, model(torch.from_numpy(plain.tensors)).numpy(), rtol=1e-5, atol=1e-6)
+    calls = []
+    ft.embed(plain, model, collate_fn=lambda x: calls.append(len(x)) or torch.as_tensor(np.stack(x)))
+    assert calls == [3]
+
+
+def test_upstream_evaluation_callback_with_the_plugins_preprocessor():
+    from finetuner.tuner.augmentation import vision_preprocessor
+    from finetuner.tuner.callback import EvaluationCallback
+
+    seen = []
+
+    class Metrics(LossLog):
+        def on_epoch_end(self, tuner):
+            seen.append(dict(tuner.state.eval_metrics))
+
+    def as_image(docs: DocumentArray) -> DocumentArray:
+        for d in docs:
+            d.tensor = (255 * d.tensor.clip(0, 1)).astype(np.uint8).transpose(1, 2, 0)
+        return docs
+
+    pre = vision_preprocessor(SIZE, SIZE, phase="validation")
+    # the callback embeds with fit's preprocess_fn (tuner._preprocess_fn), as upstream
+    callback = EvaluationCallback(query_data=as_image(labelled(4, seed=1)), index_data=as_image(labelled(4, seed=1)))
+    fit(tiny_cnn(), as_image(labelled(6)), epochs=1, batch_size=4, loss="TripletLoss", preprocess_fn=pre,
+        callbacks=[callback, Metrics()])
+    assert len(seen) == 1 and 0.0 <= seen[0]["hit_at_k"] <= 1.0
+
+
 def test_upstream_evaluation_callback_reports_metrics():
     """Finetuner's EvaluationCallback crashed on docarray 0.21 + numpy 2 (evaluate API,
     np.asfarray); through the plugin it fills tuner.state.eval_metrics."""
