@@ -44,6 +44,7 @@ REDIRECTS: Dict[str, str] = {
 #: module name -> "module:function" applied to the module right after it executes
 POST_IMPORT_PATCHES: Dict[str, str] = {
     "finetuner": "finetuner_selfsup._plugin:patch_finetuner",
+    "finetuner.tailor": "finetuner_selfsup._plugin:patch_tailor",
     "docarray": "finetuner_selfsup.compat.docarray_names:add_blob_aliases",
     "finetuner.tuner.callback.early_stopping": "finetuner_selfsup.compat.numpy2:patch_module",
     "finetuner.tuner.callback.best_model_checkpoint": "finetuner_selfsup.compat.numpy2:patch_module",

@@ -144,3 +144,37 @@ def test_upstream_callbacks_work_on_numpy_2():
     assert EarlyStopping()._best == np.inf
     assert BestModelCheckpoint(save_dir="unused", monitor="hit_at_1")._best == -np.inf
     assert not hasattr(np, "Inf") or np.__version__ < "2"
+
+
+def test_the_public_tailor_is_the_plugins_for_torch_models():
+    # ft.fit(to_embedding_model=True) used this package's tailor, but calling
+    # ft.tailor.to_embedding_model directly reached upstream's: it crashed on a model with
+    # a projection head and froze tensors by position for freeze=[names].
+    result = run_python(
+        """
+        import json
+        import finetuner as ft
+        import torch
+        from finetuner.tailor.pytorch.projection_head import ProjectionHead
+
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        with_head = ft.tailor.to_embedding_model(model, layer_name="flatten_4", input_size=(3, 8, 8),
+                                                 projection_head=ProjectionHead(4, 3, 2))
+        back = ft.tailor.to_embedding_model(with_head, layer_name="flatten_4", input_size=(3, 8, 8),
+                                            freeze=["batchnorm2d_2"])
+        frozen = sorted(n for n, p in back.named_parameters() if not p.requires_grad)
+        try:
+            ft.tailor.to_embedding_model(object())
+            other = "no error"
+        except Exception as error:  # upstream's dispatch, untouched for non-torch models
+            other = type(error).__name__
+        print(json.dumps({"with_head": type(with_head).__name__, "back": type(back).__name__,
+                          "out": list(back(torch.zeros(2, 3, 8, 8)).shape), "frozen": frozen,
+                          "route": ft.tailor.to_embedding_model.__module__, "other": other}))
+        """
+    )
+    assert result["with_head"] == "EmbeddingModelWithHead"
+    assert result["back"] == "Sequential" and result["out"] == [2, 4]
+    assert result["frozen"] == ["1.bias", "1.weight"]
+    assert result["route"].startswith("finetuner_selfsup") and result["other"] != "no error"
