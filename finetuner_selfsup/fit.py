@@ -146,6 +146,13 @@ def fit(
                 f"{', '.join(given)} only take effect when the model is tailored; pass "
                 f"to_embedding_model=True (and input_size=...) as well."
             )
+        unused = [name for name, is_given in (("input_size", input_size is not None),
+                                              ("input_dtype", input_dtype != "float32")) if is_given]
+        if unused:  # harmless (upstream ignored them too), but not silently
+            logger.warning(
+                "%s only describe(s) the model for tailoring and is ignored without "
+                "to_embedding_model=True; the model is trained as given.", " and ".join(unused),
+            )
 
     configure_optimizer, learning_rate = _default_optimizer(
         train_data, epochs, configure_optimizer, learning_rate, scheduler_step

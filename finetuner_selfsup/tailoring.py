@@ -7,7 +7,9 @@ keeps pointing at ResNet-50's average pool, and fixes what broke there:
 * **Layer names** are unchanged: a forward hook on every module except the root and
   ``nn.Sequential``/``nn.ModuleList`` containers, named ``<class name lower>_<k>`` where
   ``k`` counts hook calls, i.e. forward *completions*, from 1. A module called three times
-  gets three names.
+  gets three names. The trace runs in eval mode (upstream's in training mode), which gives
+  the same names unless the model has branches that run only in training (GoogLeNet's and
+  Inception v3's auxiliary classifiers); such a model is refused when cut, with what to do.
 * **The cut** works at any nesting depth. Upstream replaced, by ``named_modules`` order,
   every module listed after the chosen one and split the dotted name into exactly two
   parts, which crashed on ``embed_model.fc`` (the model ``fit`` returns with a projection
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -81,17 +84,29 @@ def _input_sizes(input_size: Optional[InputSize]) -> List[Tuple[int, ...]]:
             f"dimension, e.g. input_size=(3, 224, 224) for 224x224 RGB images; got "
             f"input_size={input_size!r}"
         )
-    if all(isinstance(d, int) for d in input_size):
+    if all(_is_int(d) for d in input_size):
         return [tuple(int(d) for d in input_size)]
     sizes = []
     for size in input_size:
-        if isinstance(size, int) or not all(isinstance(d, int) for d in size):
+        if _is_int(size) or not _is_int_sequence(size):
             raise ValueError(
                 f"input_size must be a tuple of ints such as (3, 224, 224), or a list of such "
                 f"tuples for a model with several inputs; got {input_size!r}"
             )
         sizes.append(tuple(int(d) for d in size))
     return sizes
+
+
+def _is_int(value: Any) -> bool:
+    """An integer of any kind (``numpy.int64`` too, e.g. from ``array.shape``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_int_sequence(value: Any) -> bool:
+    try:
+        return all(_is_int(d) for d in value)
+    except TypeError:  # not iterable
+        return False
 
 
 def _torch_dtype(input_dtype: Union[str, torch.dtype]) -> torch.dtype:
@@ -236,7 +251,10 @@ class _Recorder:
         )
         self.trace.ends[name] = end
         if is_embedding:
-            self.trace.outputs[name] = output.detach().reshape(output.shape[0], -1).clone()
+            # _shape_of unwraps a one-element tuple/list; the output kept must be its tensor
+            tensor = output[0] if isinstance(output, (list, tuple)) else output
+            if isinstance(tensor, torch.Tensor):
+                self.trace.outputs[name] = tensor.detach().reshape(tensor.shape[0], -1).clone()
 
     def run(self, inputs: List[torch.Tensor]) -> _Trace:
         """Register the hooks, run the model once in eval mode, remove the hooks."""
@@ -384,11 +402,14 @@ def _cut_after(base: nn.Module, prefix: str, trace: _Trace, layer: LayerInfo) ->
     """
     cut_tick = trace.ends[layer["name"]]
     report = _CutReport()
-    for path, _ in list(base.named_modules()):
+    # A module registered under two names (self.fc2 = self.fc) is traced under its first
+    # path only; every path of it is replaced, or the alias the forward uses would stay.
+    first_path = {id(module): path for path, module in base.named_modules()}
+    for path, module in list(base.named_modules(remove_duplicate=False)):
         if path == "" or any(path.startswith(done + ".") for done in report.replaced):
             continue
         full = prefix + path
-        calls = trace.calls.get(full, [])
+        calls = trace.calls.get(prefix + first_path[id(module)], [])
         if _is_ancestor_path(full, layer["module_name"]):
             continue
         if _removable(calls, cut_tick):
@@ -455,6 +476,7 @@ def _verify_cut(
             f"layer's output {layer['output_shape_display']}).{hint} Choose a later layer "
             f"(e.g. one that flattens the output) or another layer."
         )
+    _check_training_output(base, inputs, name)
     expected = trace.outputs.get(name)
     if expected is not None and not torch.allclose(
         output.float(), expected.float().to(output.device), rtol=_RTOL, atol=_ATOL
@@ -466,6 +488,31 @@ def _verify_cut(
             hint,
         )
     return width
+
+
+def _check_training_output(base: nn.Module, inputs: List[torch.Tensor], name: str) -> None:
+    """The cut model must output a tensor in training mode too.
+
+    Tracing runs in eval mode, so branches that run only in training (GoogLeNet's and
+    Inception v3's auxiliary classifiers, any ``if self.training:``) are never seen and
+    stay in the cut model; such a model then returns a tuple while it trains, and the
+    loss fails far from the cause. Checked on a copy, so no BatchNorm statistic moves.
+    A forward that fails here is left to training to report (the eval-mode check passed).
+    """
+    replica = copy.deepcopy(base).train()
+    try:
+        with torch.no_grad():
+            output = replica(*inputs)
+    except Exception:  # noqa: BLE001 - only the type of a successful output is checked
+        return
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(
+            f"Cut after layer {name!r}, the model outputs a tensor in eval mode but a "
+            f"{type(output).__name__} in training mode: it has branches that run only in "
+            f"training (e.g. the auxiliary classifiers of torchvision's GoogLeNet or "
+            f"Inception v3), which the loss cannot use. Build the model without them (e.g. "
+            f"aux_logits=False) or remove them before fitting."
+        )
 
 
 # --------------------------------------------------------------------------- freezing
@@ -590,7 +637,8 @@ def to_embedding_model(
     :param input_size: shape of one input item without the batch, e.g. ``(3, 224, 224)``.
     :param input_dtype: dtype name of the model's input.
     :param freeze: ``True`` freezes the whole embedding model; a list of layer names freezes
-        exactly the parameters of those layers (with their children).
+        exactly the parameters of those layers (with their children). Parameters only:
+        BatchNorm running statistics still follow the training data, as upstream.
     :param projection_head: a module put on top of the embedding model (left trainable); the
         result is then an :class:`EmbeddingModelWithHead`.
     :param device: ``'cpu'``, ``'cuda'`` or ``'cuda:<index>'``; the result is moved there.

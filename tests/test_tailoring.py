@@ -368,3 +368,100 @@ def _env():
     spec = importlib.util.find_spec("finetuner_selfsup")
     root = os.path.dirname(os.path.dirname(spec.origin))
     return {**os.environ, "PYTHONPATH": root}
+
+
+# --------------------------------------------------------------------------- edge models
+
+
+class _PooledClassifier(nn.Module):
+    """conv -> pool -> flatten -> fc, the classifier also registered as ``fc2`` (which the
+    forward uses) -- one module under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+        self.fc2 = self.fc
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.conv(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(x))
+
+
+def test_a_module_with_two_names_is_cut_under_both():
+    model = _PooledClassifier()
+    cut = to_embedding_model(model, layer_name="adaptiveavgpool2d_2", input_size=(3, 12, 12))
+    assert isinstance(cut.fc, nn.Identity) and isinstance(cut.fc2, nn.Identity)
+    x = torch.rand(3, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), model.features(x))
+    assert isinstance(model.fc2, nn.Linear)  # the user's model is untouched
+
+
+def test_a_layer_returning_a_one_element_tuple_is_traced():
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return (self.linear(x),)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = Encoder()
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(self.enc(x)[0])
+
+    layers = trace_layers(Model(), input_size=(4,))
+    assert _names(layers) == ["linear_1", "encoder_2", "linear_3"]
+    assert layers[1]["output_shape"] == [2, 6] and layers[1]["is_embedding_layer"]
+    cut = to_embedding_model(Model(), layer_name="linear_1", input_size=(4,))
+    assert list(cut(torch.rand(3, 4)).shape) == [3, 6]
+
+
+def test_input_size_of_numpy_integers():
+    np = pytest.importorskip("numpy")
+    model = _PooledClassifier()
+    cut = to_embedding_model(model, layer_name="adaptiveavgpool2d_2", input_size=np.array([3, 12, 12]))
+    assert list(cut(torch.rand(2, 3, 12, 12)).shape) == [2, 8]
+    with pytest.raises(ValueError, match="input_size"):
+        to_embedding_model(model, input_size=[(3, 12, 12), 2.5])
+
+
+def test_a_branch_that_runs_only_in_training_is_a_clear_error():
+    class WithAuxiliary(_PooledClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aux = nn.Linear(8, 5)
+
+        def forward(self, x):
+            features = self.features(x)
+            if self.training:  # as GoogLeNet/Inception's auxiliary classifiers
+                return self.fc2(features), self.aux(features)
+            return self.fc2(features)
+
+    model = WithAuxiliary()
+    with pytest.raises(ValueError, match="training mode.*aux_logits=False"):
+        to_embedding_model(model, layer_name="adaptiveavgpool2d_2", input_size=(3, 12, 12))
+    assert model.training and isinstance(model.fc2, nn.Linear)  # the user's model as it was
+
+
+def test_fit_says_that_input_size_is_unused_without_tailoring(caplog):
+    from docarray import Document, DocumentArray
+
+    from finetuner_selfsup.fit import fit
+    from finetuner_selfsup.losses import NTXentLoss
+
+    docs = DocumentArray(Document(tensor=torch.rand(4).numpy()) for _ in range(4))
+    with caplog.at_level(logging.WARNING, logger="finetuner_selfsup"):
+        fit(nn.Linear(4, 3), docs, epochs=1, batch_size=4, loss=NTXentLoss(), input_size=(4,),
+            preprocess_fn=lambda d: torch.as_tensor(d.tensor) + 0.1 * torch.randn(4))
+    assert "input_size" in caplog.text and "ignored without to_embedding_model=True" in caplog.text
