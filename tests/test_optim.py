@@ -146,6 +146,7 @@ class _RecordOptimiser:
         self.rates.append(tuner.state.learning_rates["group_0"])
         self.kind = type(tuner._optimizer).__name__
         self.weight_decay = tuner._optimizer.param_groups[0]["weight_decay"]
+        self.fused = tuner._optimizer.defaults.get("fused")
 
 
 def _tiny_model():
@@ -166,6 +167,7 @@ def test_self_supervised_fit_without_an_optimiser_gets_adamw_with_warmup_and_cos
     fit(_tiny_model(), _unlabelled(), epochs=10, batch_size=8, loss=NTXentLoss(),
         preprocess_fn=_JITTER, callbacks=[record], seed=0)
     assert record.kind == "AdamW" and record.weight_decay == 1e-4
+    assert not record.fused  # fused only on the GPU: CPU updates stay as recorded
     # 4 steps an epoch, one warm-up epoch (a tenth of 10), cosine to 0 over the rest
     expected = [1e-3 * warmup_cosine_factor(s, 4, 40) for s in range(40)]
     assert record.rates == pytest.approx(expected)
