@@ -63,7 +63,9 @@ def fit(
     Tailoring (with ``to_embedding_model=True``): the model is cut after ``layer_name``
     (a name from ``finetuner.display(model, input_size=...)``), layers named in
     ``freeze`` (or all, with ``freeze=True``) stop training, and a ``projection_head`` is
-    put on top. The model returned then keeps the head, as upstream: it is an
+    put on top (the module you pass itself, not a copy, as upstream: a second fit with the
+    same head object continues from its trained weights). The model returned then keeps
+    the head, as upstream: it is an
     ``nn.Sequential`` with ``.embed_model`` (the backbone, for feature extraction) and
     ``.projection_head``. Passing it back to ``fit`` with ``to_embedding_model=True`` and a
     ``layer_name`` inside the backbone removes the head and fine-tunes the backbone.
