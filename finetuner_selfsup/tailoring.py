@@ -500,8 +500,11 @@ def _check_training_output(base: nn.Module, inputs: List[torch.Tensor], name: st
     A forward that fails here is left to training to report (the eval-mode check passed).
     """
     replica = copy.deepcopy(base).train()
+    cuda = [inputs[0].device] if inputs and inputs[0].device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        # dropout and stochastic depth draw in training mode: the caller's random streams
+        # (seeded by fit before tailoring) must not move, as with the private dummy inputs
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
             output = replica(*inputs)
     except Exception:  # noqa: BLE001 - only the type of a successful output is checked
         return

@@ -268,10 +268,17 @@ def test_float_image_in_unit_range_is_scaled(tmp_path, phase):
 
 
 @pytest.mark.parametrize("phase", PHASES)
-@pytest.mark.parametrize("values", [[[0.0, 2.0]], [[-0.5, 0.5]], [[0.0, float("nan")]]])
+@pytest.mark.parametrize("values", [[[0.0, 300.0]], [[-0.5, 0.5]], [[0.0, float("nan")]]])
 def test_float_image_outside_unit_range_is_an_error(tmp_path, phase, values):
     doc = save(Image.fromarray(np.array(values, np.float32)), tmp_path / "wide.tiff")
-    assert_document_error(doc, phase, "mode F", "[0, 1]")
+    assert_document_error(doc, phase, "mode F", "[0, 1] or 0-255")
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_float_image_of_8_bit_levels_is_read_as_before(tmp_path, phase):
+    values = np.array([[0.0, 100.0, 255.0, 2.0, 1.5]], np.float32)
+    doc = save(Image.fromarray(values), tmp_path / "levels.tiff")
+    assert rgb_pixels(doc, phase)[..., 0].tolist() == [[0, 100, 255, 2, 1]]  # PIL's conversion
 
 
 @pytest.mark.parametrize("phase", PHASES)

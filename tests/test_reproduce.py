@@ -268,6 +268,10 @@ def test_hardest_queries_lists_the_worst_ten_and_tolerates_columns_without_ranks
 
 def test_the_presets_are_valid_settings():
     assert DEMO.validate() is DEMO and TUTORIAL.validate() is TUTORIAL and TINY.validate() is TINY
+    # any integer seeds (seeding takes it modulo 2**32), as before validation existed
+    DEMO.replace(seed=-1, finetune_seed=2**40).validate()
+    with pytest.raises(ValueError, match="seed must be an integer or none, got 1.5"):
+        DEMO.replace(seed=1.5).validate()
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -283,7 +287,7 @@ def test_the_presets_are_valid_settings():
     ({"ssl_augmentation": "crop-2"}, "ssl_augmentation must be"),
     ({"recipe": "head-layer", "head_layers": 1}, "use head_layers >= 2"),
     ({"finetune_batch_size": 3}, r"finetune_batch_size must be an integer >= 4"),
-    ({"finetune_seed": -1}, "finetune_seed must be an integer >= 0 or none"),
+    ({"finetune_seed": 0.5}, "finetune_seed must be an integer or none, got 0.5"),
     ({"device": "gpu"}, "device: Unknown device 'gpu'"),
 ])
 def test_bad_settings_are_refused_before_the_data_are_read(pairs, tmp_path, monkeypatch, changes, message):

@@ -321,13 +321,26 @@ def test_a_fresh_run_keeps_its_own_checkpoints_beside_an_earlier_runs(tmp_path):
     assert find_checkpoint(tmp_path) == tmp_path / "saved_model_epoch_02"
 
 
-def test_a_resumed_run_prunes_the_checkpoint_it_continued_and_nothing_else(tmp_path):
-    _short_run(tmp_path, epochs=2, seed=0, last_k_epochs=0)  # writes epoch_01 and epoch_02
+def test_a_resumed_run_prunes_the_interrupted_runs_checkpoints_as_if_it_had_not_stopped(tmp_path):
+    # last_k_epochs=2, interrupted after epoch 2, resumed to 4 epochs: epochs 3 and 4 are
+    # kept, exactly as without the interruption; the run's epoch_01 and epoch_02 are its own
+    _short_run(tmp_path, epochs=2, seed=0, last_k_epochs=2)  # writes epoch_01 and epoch_02
     _age(tmp_path / "saved_model_epoch_01", 7200)
     _age(tmp_path / "saved_model_epoch_02")
-    _short_run(tmp_path, epochs=3, seed=0, resume_from=str(tmp_path))
-    # epoch_02 was this run's starting point, so it is pruned; epoch_01 is not this run's
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_01", "saved_model_epoch_03"]
+    _short_run(tmp_path, epochs=4, seed=0, resume_from=str(tmp_path), last_k_epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_03", "saved_model_epoch_04"]
+
+
+def test_a_resumed_run_leaves_a_higher_epoch_of_another_run_alone(tmp_path):
+    _short_run(tmp_path, epochs=3, seed=1, last_k_epochs=0)  # another, longer run
+    for epoch, age in ((1, 9000), (2, 8000), (3, 7000)):
+        _age(tmp_path / f"saved_model_epoch_{epoch:02d}", age)
+    other = (tmp_path / "saved_model_epoch_03").read_bytes()
+    (tmp_path / "saved_model_epoch_03").rename(tmp_path / "saved_model_epoch_09")
+    _short_run(tmp_path, epochs=2, seed=0, last_k_epochs=0)  # this run: newer epoch_01, 02
+    _short_run(tmp_path, epochs=3, seed=0, resume_from=str(tmp_path), last_k_epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model_epoch_03", "saved_model_epoch_09"]
+    assert (tmp_path / "saved_model_epoch_09").read_bytes() == other
 
 
 def test_resuming_from_a_folder_warns_about_an_ignored_higher_epoch(tmp_path, caplog):

@@ -465,3 +465,14 @@ def test_fit_says_that_input_size_is_unused_without_tailoring(caplog):
         fit(nn.Linear(4, 3), docs, epochs=1, batch_size=4, loss=NTXentLoss(), input_size=(4,),
             preprocess_fn=lambda d: torch.as_tensor(d.tensor) + 0.1 * torch.randn(4))
     assert "input_size" in caplog.text and "ignored without to_embedding_model=True" in caplog.text
+
+
+def test_tailoring_leaves_the_callers_random_stream_alone():
+    # fit seeds, then tailors: the training-mode check runs dropout, which must not draw
+    # from the caller's generator (fit(seed=...) would otherwise train differently)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    to_embedding_model(model, layer_name="linear_3", input_size=(4,))
+    assert torch.equal(torch.rand(5), expected)

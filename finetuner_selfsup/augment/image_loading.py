@@ -189,7 +189,7 @@ def _check_pixel_bound(size: Tuple[int, int]) -> None:
 
 def to_rgb(image: "PILImage") -> "PILImage":
     """``image`` as mode RGB: alpha dropped (not composited), 16-bit greyscale rescaled,
-    float greyscale in ``[0, 1]`` scaled (other float ranges refused).
+    float greyscale in ``[0, 1]`` scaled (0-255 kept, other float ranges refused).
 
     Palette images with transparency go through RGBA (the same colours, without PIL's
     warning about converting them to RGB directly); every other mode (L, LA, 1, CMYK,
@@ -207,21 +207,24 @@ def to_rgb(image: "PILImage") -> "PILImage":
 
 
 def _float_to_rgb(image: "PILImage") -> "PILImage":
-    """Scale a float (mode ``F``, e.g. a float TIFF) image in ``[0, 1]`` to ``0..255``.
+    """A float (mode ``F``, e.g. a float TIFF) greyscale image as RGB.
 
-    PIL's ``convert`` would truncate the floats to integers, turning a ``[0, 1]`` image
-    black without a word. Float images elsewhere (``doc.tensor``) must also lie in
-    ``[0, 1]``; any other range (or NaN) is refused rather than guessed at.
+    Values within ``[0, 1]`` are taken as that range and scaled to ``0..255`` (PIL's
+    ``convert`` would truncate them to 0 and 1: a black image, without a word). Values
+    within ``[0, 255]`` with some above 1 are taken as 8-bit levels and converted by PIL,
+    as before. Anything outside ``[0, 255]``, or NaN, is refused rather than clipped.
     """
     from PIL import Image
 
     values = np.asarray(image, dtype=np.float32)
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if not (0.0 <= lo and hi <= 1.0):  # also rejects NaN
+    if not (0.0 <= lo and hi <= 255.0):  # also rejects NaN
         raise ValueError(
             f"it is a float (mode F) image with values in [{lo:.4g}, {hi:.4g}]; a float "
-            "image must hold values in [0, 1]. Save it as 8- or 16-bit, or scale it to [0, 1]."
+            "image must hold values in [0, 1] or 0-255. Save it as 8- or 16-bit, or scale it."
         )
+    if hi > 1.0:
+        return image.convert("RGB")
     grey = np.round(values * 255).astype(np.uint8)
     return Image.fromarray(grey).convert("RGB")
 

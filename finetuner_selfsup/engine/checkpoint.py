@@ -199,12 +199,19 @@ class TrainingCheckpoint(Callback):
         return Path(self._save_dir) / f"saved_model_epoch_{epochs_done:02d}"
 
     def on_fit_begin(self, tuner: Any) -> None:
-        """A new run: forget an earlier fit's files; a resumed run owns the checkpoint it
-        continues from, when that lies in ``save_dir``."""
+        """A new run: forget an earlier fit's files. A resumed run owns the checkpoint it
+        continues from, when that lies in ``save_dir``, and the interrupted run's earlier
+        ones: lower epochs written no later than it (so ``last_k_epochs`` holds across an
+        interruption); a higher epoch left by another run is never its own."""
         self._written = []
         resumed = getattr(tuner, "resumed_from", None)
-        if resumed is not None and Path(resumed).resolve().parent == Path(self._save_dir).resolve():
-            self._written.append(Path(resumed))
+        if resumed is None or Path(resumed).resolve().parent != Path(self._save_dir).resolve():
+            return
+        resumed = Path(resumed)
+        written_at, epoch = resumed.stat().st_mtime_ns, _epoch_of(resumed)
+        earlier = [p for p in checkpoint_files(self._save_dir)
+                   if _epoch_of(p) < epoch and p.stat().st_mtime_ns <= written_at]
+        self._written = earlier + [resumed]
 
     def on_epoch_end(self, tuner: Any) -> None:
         epochs_done = tuner.state.epoch + 1

@@ -258,9 +258,10 @@ class RunSettings:
             problems.append(f"device: {error}")
         integer("num_workers", 0)
         integer("eval_batch_size", 1)
-        for name in ("seed", "finetune_seed"):
-            if getattr(self, name) is not None:
-                integer(name, 0, " or none")
+        for name in ("seed", "finetune_seed"):  # any integer: seeding takes it modulo 2**32
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                problems.append(f"{name} must be an integer or none, got {value!r}")
 
         if problems:
             raise ValueError("invalid setting(s): " + "; ".join(problems))
