@@ -16,7 +16,7 @@ from finetuner_selfsup.reproduce.pseudo_pairs import (
     make_pseudo_pairs,
     mutual_nearest_pairs,
 )
-from finetuner_selfsup.reproduce.runner import pseudo_pair_record
+from finetuner_selfsup.reproduce.results_file import pseudo_pair_record
 
 
 def test_mutual_nearest_pairs_keeps_only_pairs_that_choose_each_other_surest_first():

@@ -245,7 +245,8 @@ def test_projection_head_initialisation_does_not_depend_on_what_ran_before(tmp_p
 
 def test_hardest_queries_lists_the_worst_ten_and_tolerates_columns_without_ranks():
     from finetuner_selfsup.reproduce.columns import SUPERVISED
-    from finetuner_selfsup.reproduce.runner import TableResults, render_markdown
+    from finetuner_selfsup.reproduce.report import render_markdown
+    from finetuner_selfsup.reproduce.results_file import TableResults
 
     ssl_ranks = {f"{i:05d}.jpg": 1 + (i * 7) % 30 for i in range(30)}  # ranks 1..30, each once
     results = TableResults(settings={}, data={"eval_queries": 30}, environment={})
@@ -441,7 +442,8 @@ def test_a_resumed_folder_says_which_command_computed_which_column(pairs, tmp_pa
 
 def test_results_md_names_one_command_and_marks_columns_of_earlier_versions():
     from finetuner_selfsup.reproduce.columns import PRETRAINED
-    from finetuner_selfsup.reproduce.runner import TableResults, render_markdown
+    from finetuner_selfsup.reproduce.report import render_markdown
+    from finetuner_selfsup.reproduce.results_file import TableResults
 
     results = TableResults(settings={}, data={}, environment={}, command="created it")
     assert "Produced by: `created it`" in render_markdown(results, (1,), "t", "this run")

@@ -94,7 +94,7 @@ class ColumnRunner:
         self-supervised stage's folder is named after a digest of its settings and of
         ``data_identity``, so runs with other fine-tune settings can share it and runs on
         other data do not.
-    :param data_identity: the pair set's identity (:func:`~.runner.data_identity`); None
+    :param data_identity: the pair set's identity (:func:`~.results_file.data_identity`); None
         names the folder after the settings alone, as earlier versions did.
     :param recorders: filled with one :class:`LossRecorder` per fit, keyed
         ``"<column>/<stage>"``, for the loss curves.

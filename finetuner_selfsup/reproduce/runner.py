@@ -15,41 +15,32 @@ Output folder layout::
     curves/<column>--<stage>.png   training loss of every fit
 
 A column already in ``results.json`` is not recomputed, nor is a finished epoch of the
-self-supervised stage; a results file made with other settings or on other data (its
-``fingerprint`` holds the settings and :func:`data_identity`) is refused (use another
-output folder) rather than mixed with the new numbers. A results file of an earlier
-version, which did not record the data's identity, is resumed when its recorded pair
-count, split sizes and evaluation queries are those of the data given now.
+self-supervised stage; when a folder's results may be resumed is
+:mod:`.results_file`'s rule, and ``results.md`` is :mod:`.report`'s page.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..data import (
     SelfSupervisedSplit,
-    TLLPairs,
     load_tll,
     split_self_supervised,
     split_self_supervised_with_chosen_labels,
-    pair_name,
     split_supervised,
 )
 from ..evaluation import (
     document_key,
     embed_documents,
     evaluate_pairs,
-    format_table,
     pair_keys_to_partner,
     top_k,
 )
@@ -63,311 +54,17 @@ from .columns import (
     ColumnRunner,
 )
 from .environment import describe_environment
+from .report import render_markdown
+from .results_file import (
+    TableResults,
+    atomic_write,
+    data_identity,
+    load_results,
+    pseudo_pair_record,
+)
 from .settings import NOT_FINGERPRINTED, RunSettings
 
 logger = logging.getLogger("finetuner_selfsup")
-
-
-@dataclass
-class TableResults:
-    """What a run produced: metrics per column plus everything needed to judge them."""
-
-    #: settings, environment and command of the run that created the results
-    settings: Dict[str, Any]
-    data: Dict[str, Any]
-    environment: Dict[str, Any]
-    columns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    command: str = ""
-    #: every run that computed a column: its command, start, environment and the settings
-    #: outside the fingerprint (a column's ``invocation`` is its index here); results of
-    #: earlier versions have none
-    invocations: List[Dict[str, Any]] = field(default_factory=list)
-
-    def metrics(self) -> Dict[str, Dict[str, float]]:
-        return {name: column["metrics"] for name, column in self.columns.items()}
-
-    def ranks(self) -> Dict[str, Dict[str, int]]:
-        """Each query's partner rank per column, for the columns that stored them (results
-        files from before ranks were kept have none)."""
-        return {name: column["ranks"] for name, column in self.columns.items() if column.get("ranks")}
-
-
-def pseudo_pair_record(pairs: Sequence[Tuple[str, str, float]]) -> Dict[str, Any]:
-    """What a results file keeps of a pseudo-pair recipe's pairs: how many, and how many
-    are true pairs -- in a TLL folder the two images of a pair share a file name, which
-    the recipe never looks at, so it can be checked afterwards."""
-    correct = sum(Path(left).name == Path(right).name for left, right, _ in pairs)
-    return {
-        "made": len(pairs),
-        "correct": correct,
-        "precision": correct / len(pairs) if pairs else None,
-        "smallest_margin": min((margin for _, _, margin in pairs), default=None),
-    }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def _differing(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """The keys whose values differ between two fingerprints, a key that only one of them
-    has included (e.g. label_selection, recorded only when it is not 'first')."""
-    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-
-
-def data_identity(pairs: TLLPairs) -> Dict[str, Any]:
-    """A cheap identity of a pair set: the number of pairs and a SHA-256 of every image's
-    side, file name and size in bytes (sorted), from the file system without reading an
-    image. The same files give the same identity wherever the folder is; adding, removing
-    or renaming a pair, or re-encoding an image, changes it (an edit that keeps a file's
-    exact size does not). Part of the results' and the self-supervised checkpoints'
-    fingerprints, so that a run on other data does not take their columns or epochs."""
-    entries = sorted(
-        f"{side}/{pair_name(doc)}\t{os.path.getsize(doc.uri)}"
-        for side, docs in (("left", pairs.left), ("right", pairs.right))
-        for doc in docs
-    )
-    digest = hashlib.sha256("\n".join(entries).encode()).hexdigest()
-    return {"pairs": len(pairs), "sha256": digest}
-
-
-#: what results.json's "data" records of the split; for a results file from before the
-#: data's identity was recorded, these (and the evaluation queries) must match the data
-SPLIT_SIZES = (
-    "pairs", "self_supervised_pretrain_images", "finetune_images", "supervised_train_images",
-    "eval_queries", "eval_index",
-)
-
-
-def _start_over(path: Path) -> str:
-    return (f"use another output folder (--out), or delete {path} to start over (every column "
-            f"is then computed afresh)")
-
-
-def _load_results(
-    path: Path, settings: RunSettings, data: Dict[str, Any], eval_queries: Sequence[str]
-) -> Optional[TableResults]:
-    """The results in ``path`` if they were made with ``settings`` on the data described by
-    ``data`` (``TableRun``'s ``results.data``, its ``identity`` included) whose evaluation
-    queries are ``eval_queries``; None without a file.
-
-    :raises ValueError: the file holds results of other settings or other data.
-    """
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    old = saved.get("fingerprint") or {}
-    if old != settings.fingerprint(data["identity"]):
-        if "data" not in old:
-            # written before the data's identity was recorded: compare the settings, then
-            # what the file recorded of the data
-            changed = _differing(old, settings.fingerprint())
-            if not changed:
-                _check_data_of_earlier_version(path, saved, data, eval_queries)
-        else:
-            changed = _differing(old, settings.fingerprint(data["identity"]))
-        if changed == ["data"]:
-            recorded = saved.get("data", {})
-            raise ValueError(
-                f"{path} holds results computed on other data ({old['data'].get('pairs')} pairs from "
-                f"{recorded.get('root', '?')}, sha256 {str(old['data'].get('sha256'))[:12]}; given now: "
-                f"{data['pairs']} pairs from {data['root']}, sha256 {data['identity']['sha256'][:12]}); "
-                f"{_start_over(path)}."
-            )
-        if changed:
-            raise ValueError(
-                f"{path} holds results made with other settings (differing: {', '.join(changed)}); "
-                f"use another output folder, or delete it to start over."
-            )
-    return TableResults(
-        saved["settings"], saved["data"], saved["environment"], saved["columns"],
-        command=saved.get("command", ""), invocations=saved.get("invocations", []),
-    )
-
-
-def _check_data_of_earlier_version(
-    path: Path, saved: Dict[str, Any], data: Dict[str, Any], eval_queries: Sequence[str]
-) -> None:
-    """Accept a results file of an earlier version (no data identity in its fingerprint)
-    when its recorded pair count and split sizes, and the queries of every column's ranks,
-    are those of the data given now; else raise, saying what to do."""
-    recorded = saved.get("data", {})
-    differing = [
-        f"{key} {recorded.get(key)} (now {data[key]})" for key in SPLIT_SIZES if recorded.get(key) != data[key]
-    ]
-    queries = sorted(eval_queries)
-    for column, record in saved.get("columns", {}).items():
-        if record.get("ranks") and sorted(record["ranks"]) != queries:
-            differing.append(f"the evaluation queries of column {column!r}")
-            break
-    if differing:
-        raise ValueError(
-            f"{path} was written by an earlier version of finetuner-selfsup, which did not record "
-            f"the identity of the data, and what it recorded does not match the data given now "
-            f"({recorded.get('root', '?')} then, {data['root']} now; differing: {', '.join(differing)}): "
-            f"its results were computed on other data; {_start_over(path)}."
-        )
-    logger.warning(
-        "%s was written by an earlier version, which did not record the identity of the data; its "
-        "pair count, split sizes and evaluation queries match %s, so its columns are kept, and the "
-        "data's identity is recorded from now on", path, data["root"],
-    )
-
-
-def _metric_order(name: str) -> tuple:
-    """hit@1, hit@5, hit@10, recall@..., ndcg@..., then mrr and map."""
-    family, _, k = name.partition("@")
-    families = ("hit", "recall", "ndcg", "mrr", "map")
-    return (families.index(family) if family in families else len(families), int(k or 0), name)
-
-
-def render_markdown(results: TableResults, ks: Sequence[int], title: str, command: str) -> str:
-    """The results page: the tutorial's table, all metrics, settings and environment.
-
-    :param command: the command of this run, shown when the results record none."""
-    order = [c for c in COLUMNS if c in results.columns]
-    hit_table = (
-        format_table({c: results.columns[c]["metrics"] for c in order}, ks)
-        if order else "(no column has finished yet)"
-    )
-    lines = [f"# {title}", ""] + _produced_by(results, order, command) + ["", hit_table, ""]
-    if order:
-        names = sorted(results.columns[order[0]]["metrics"], key=_metric_order)
-        lines += ["## All metrics", "", "| column | " + " | ".join(names) + " | wall time (s) |"]
-        lines.append("|" + "---|" * (len(names) + 2))
-        for column in order:
-            metrics = results.columns[column]["metrics"]
-            values = " | ".join(f"{metrics[n]:.3f}" for n in names)
-            lines.append(f"| {column} | {values} | {results.columns[column]['wall_seconds']:.0f} |")
-    recipe_notes = _recipe_notes(results, order)
-    if recipe_notes:
-        lines += ["", "## What the recipe did", ""] + recipe_notes
-    differences = _differences(results, order, ks)
-    if differences:
-        lines += ["", f"## '{SELF_SUPERVISED}' against the other columns", ""] + differences
-    hardest = _hardest_queries(results, order)
-    if hardest:
-        lines += ["", "## Hardest queries", ""] + hardest
-    lines += ["", "## Data", "", "```json", json.dumps(results.data, indent=2), "```"]
-    lines += ["", "## Settings", "", "```json", json.dumps(results.settings, indent=2), "```"]
-    lines += ["", "## Environment", "", "```json", json.dumps(results.environment, indent=2), "```", ""]
-    lines += _other_environments(results, order)
-    return "\n".join(lines)
-
-
-def _produced_by(results: TableResults, order: Sequence[str], command: str) -> List[str]:
-    """Which command computed which column: one line when one command computed them all,
-    else a list (a resumed run; results of earlier versions did not record it)."""
-    by_command: Dict[str, List[str]] = {}
-    for column in order:
-        by_command.setdefault(results.columns[column].get("command", ""), []).append(column)
-    if len(by_command) <= 1:
-        only = next(iter(by_command), "") or results.command or command
-        return [f"Produced by: `{only}`"]
-    lines = ["Produced by, column by column (a resumed run; the settings below are the first "
-             "command's, and the others agree in everything that changes results -- results.json "
-             f"lists each one's {', '.join(NOT_FINGERPRINTED)} under invocations):", ""]
-    for each, columns in by_command.items():
-        who = f"`{each}`" if each else "not recorded (by an earlier version)"
-        lines.append(f"- {who}: {', '.join(columns)}")
-    return lines
-
-
-def _other_environments(results: TableResults, order: Sequence[str]) -> List[str]:
-    """The environment of every later command that computed a column, where it differs
-    from the first one's (shown under "Environment")."""
-    lines = []
-    for index, invocation in enumerate(results.invocations):
-        columns = [c for c in order if results.columns[c].get("invocation") == index]
-        if columns and invocation.get("environment") != results.environment:
-            lines += [
-                f"### Environment of `{invocation['command']}` ({', '.join(columns)})", "",
-                "```json", json.dumps(invocation.get("environment"), indent=2), "```", "",
-            ]
-    return lines
-
-
-def _recipe_notes(results: TableResults, order: Sequence[str]) -> List[str]:
-    """One line per column for what a recipe chose on its own: the epoch early stopping
-    kept, the pseudo-pairs made (and how many were true)."""
-    notes = []
-    for column in order:
-        record = results.columns[column]
-        if "chosen_epoch" in record:
-            epoch = record["chosen_epoch"]
-            kept = "the starting model (epoch 0)" if epoch == 0 else f"epoch {epoch}"
-            notes.append(f"- {column}: early stopping kept {kept}")
-        pairs = record.get("pseudo_pairs")
-        if pairs:
-            line = f"- {column}: {pairs['made']} pseudo-pairs made from the unlabelled images"
-            if pairs["made"]:
-                line += (
-                    f", {pairs['correct']} of them true pairs ({pairs['precision']:.0%}; checked "
-                    f"afterwards by file name, which the recipe does not use)"
-                )
-            notes.append(line)
-    return notes
-
-
-def _differences(results: TableResults, order: Sequence[str], ks: Sequence[int]) -> List[str]:
-    """The self-supervision column minus every other column at each hit@k, with a 95 %
-    paired bootstrap interval over the queries (:mod:`finetuner_selfsup.comparison`), so a
-    reader can tell a difference from the noise of a small evaluation set. Empty before the
-    self-supervision column has ranks; columns without ranks (older results) are left out."""
-    from ..comparison import hit_difference
-
-    ranks = results.ranks()
-    if SELF_SUPERVISED not in ranks:
-        return []
-    others = [c for c in order if c != SELF_SUPERVISED and c in ranks]
-    if not others:
-        return []
-    lines = [
-        f"'{SELF_SUPERVISED}' minus each column, in hit@k, and in brackets the 95 % interval of "
-        f"that difference over the {len(ranks[SELF_SUPERVISED])} queries (paired bootstrap: "
-        "the queries resampled 10,000 times). An interval that includes 0 is not a clear "
-        "difference on this many queries; the spread between training runs comes on top.",
-        "",
-        "| column | " + " | ".join(f"hit@{k}" for k in ks) + " |",
-        "|" + "---|" * (len(ks) + 1),
-    ]
-    for column in others:
-        cells = " | ".join(str(hit_difference(ranks[SELF_SUPERVISED], ranks[column], k)) for k in ks)
-        lines.append(f"| {column} | {cells} |")
-    return lines
-
-
-#: how many queries results.md lists under "Hardest queries"
-HARDEST_QUERIES = 10
-
-
-def _hardest_queries(results: TableResults, order: Sequence[str], limit: int = HARDEST_QUERIES) -> List[str]:
-    """The queries whose partner the self-supervision column ranked lowest, with the rank
-    under every column -- which pairs the few labels and the unlabelled images did not
-    teach, and whether full supervision found them (pairs of that kind are the ones worth
-    covering among the labels). Empty before the self-supervision column has ranks."""
-    ranks = results.ranks()
-    if SELF_SUPERVISED not in ranks:
-        return []
-    worst = sorted(ranks[SELF_SUPERVISED].items(), key=lambda item: (-item[1], item[0]))[:limit]
-    columns = [column for column in order if column in ranks]
-    lines = [
-        f"The {len(worst)} queries whose partner '{SELF_SUPERVISED}' ranked lowest, and the "
-        f"partner's rank under every column (1 = first of {results.data.get('eval_queries', '?')}; "
-        "every query's rank is in results.json). One that full supervision ('fine-tuned') "
-        "finds and self-supervision does not is the kind of pair worth covering among the "
-        "few labelled ones.",
-        "",
-        "| query | " + " | ".join(columns) + " |",
-        "|" + "---|" * (len(columns) + 1),
-    ]
-    for query, _ in worst:
-        cells = " | ".join(str(ranks[column].get(query, "-")) for column in columns)
-        lines.append(f"| {query} | {cells} |")
-    return lines
 
 
 class TableRun:
@@ -415,7 +112,7 @@ class TableRun:
             "eval_index": len(self.ssl_split.eval_right),
             "identity": self.data_identity,
         }
-        loaded = _load_results(
+        loaded = load_results(
             self.out_dir / "results.json", settings, data, [document_key(d) for d in self.ssl_split.eval_left]
         )
         if loaded is not None and "identity" not in loaded.data:
@@ -562,8 +259,8 @@ class TableRun:
             "command": self.results.command or self.command,
             "invocations": self.results.invocations,
         }
-        _atomic_write(self.out_dir / "results.json", json.dumps(data, indent=2))
-        _atomic_write(
+        atomic_write(self.out_dir / "results.json", json.dumps(data, indent=2))
+        atomic_write(
             self.out_dir / "results.md",
             render_markdown(self.results, self.settings.ks, self.title, self.command),
         )

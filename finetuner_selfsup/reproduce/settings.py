@@ -275,7 +275,7 @@ class RunSettings:
     def fingerprint(self, data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """The settings that change results (not device, workers or batch of evaluation);
         with ``data``, under ``"data"``, the identity of the pair set they are computed on
-        (:func:`~.runner.data_identity`), so that results of other data are not mixed in."""
+        (:func:`~.results_file.data_identity`), so that results of other data are not mixed in."""
         fingerprint = self._settings_fingerprint()
         if data is not None:
             fingerprint["data"] = data
