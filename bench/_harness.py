@@ -30,15 +30,20 @@ DEFAULT_DATA = Path(tempfile.gettempdir()) / "fss-bench-tll-size"
 
 
 def make_jpegs(folder: Path, count: int, size=TLL_SIZE, seed: int = 0) -> List[str]:
-    """``count`` smooth random RGB JPEGs (quality 90) of ``size`` (width, height); reused if present."""
+    """``count`` smooth random RGB JPEGs (quality 90) of ``size`` (width, height); reused if present.
+
+    Image ``i`` is drawn from its own seed ``(seed, i)``, so it is the same whichever
+    benchmark made the folder first (one shared stream restarted per call made the images
+    a larger run added copies of those a smaller run had written).
+    """
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
         path = folder / f"{i:05d}.jpg"
         if not path.exists():
+            rng = np.random.default_rng((seed, i))
             coarse = rng.random((size[1] // 16 + 1, size[0] // 16 + 1, 3))
             image = Image.fromarray((coarse * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
             noise = rng.integers(-20, 21, (size[1], size[0], 3))

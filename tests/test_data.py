@@ -115,6 +115,40 @@ def test_escaping_symlink_rejected_inner_symlink_ignored(tmp_path):
     assert not (tmp_path / "left" / "link.jpg").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "web page"])
+def test_a_broken_zip_is_named_with_what_to_do(tmp_path, damage):
+    write_zip(tmp_path / "left.zip", {"left/00000.jpg": b"a"})
+    write_zip(tmp_path / "right.zip", {"right/00000.jpg": b"a" * 1000})
+    data = (tmp_path / "right.zip").read_bytes()
+    broken = data[: len(data) // 2] if damage == "truncated" else b"<html>Google Drive</html>"
+    (tmp_path / "right.zip").write_bytes(broken)
+    with pytest.raises(ValueError, match=r"right\.zip is not a complete zip file.*Delete it and download it again"):
+        locate_tll(tmp_path)
+    assert not (tmp_path / "left").exists() and not (tmp_path / "right").exists()
+
+
+def test_zips_without_images_leave_no_folders_that_would_block_a_retry(tmp_path):
+    write_zip(tmp_path / "left.zip", {"left/notes.txt": b"x"})
+    write_zip(tmp_path / "right.zip", {"right/00000.jpg": b"a"})
+    with pytest.raises(ValueError, match=r"left\.zip in .* held no images.*left\.zip:left/notes\.txt"):
+        locate_tll(tmp_path)
+    assert not (tmp_path / "left").exists() and not (tmp_path / "right").exists()
+    write_zip(tmp_path / "left.zip", {"left/00000.jpg": b"a"})  # the right data: now it unpacks
+    assert len(load_tll(tmp_path)) == 1
+
+
+def test_errors_name_ignored_entries_that_explain_them(tmp_path):
+    # images one level too deep (unzip left.zip -d left) and a broken link as a partner
+    (tmp_path / "deep" / "left" / "left").mkdir(parents=True)
+    (tmp_path / "deep" / "right" / "right").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"left/left \(a folder\)"):
+        load_tll(tmp_path / "deep")
+    make_layout(tmp_path / "link", names(2), names(3))
+    (tmp_path / "link" / "left" / "00002.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(ValueError, match=r"right/00002\.jpg[\s\S]*left/00002\.jpg \(a broken link\)"):
+        load_tll(tmp_path / "link")
+
+
 # --------------------------------------------------------------------------- load
 
 

@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple, Union
@@ -242,7 +243,23 @@ def extract_tll_zips(folder: PathLike) -> ExtractionReport:
             (staging / side).mkdir()
         written: dict = {}
         for side in SIDES:
-            _extract_zip(folder / f"{side}.zip", side, staging, written, report)
+            zip_path = folder / f"{side}.zip"
+            try:
+                _extract_zip(zip_path, side, staging, written, report)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                # a truncated download, or a saved web page: name the file and the way out
+                raise ValueError(
+                    f"{zip_path} is not a complete zip file ({type(exc).__name__}: {exc}). "
+                    f"Delete it and download it again. {DOWNLOAD_HINT}"
+                ) from exc
+        empty = [side for side in SIDES if not report.extracted.get(side)]
+        if empty:
+            # moving empty folders into place would make every later run skip extraction
+            raise ValueError(
+                f"{', '.join(f'{side}.zip' for side in empty)} in {folder} held no images "
+                f"under left/ or right/ (ignored members: {_format_list(report.ignored) or 'none'}); "
+                f"nothing was unpacked. Replace the zip(s) with the data set's. {DOWNLOAD_HINT}"
+            )
         for side in SIDES:
             os.replace(staging / side, folder / side)
     finally:
@@ -296,26 +313,36 @@ def pair_name(doc: "Document") -> str:
 
 
 def _list_images(side_dir: Path) -> Tuple[dict, List[str]]:
-    """Map file name -> path for the images directly in ``side_dir``; also the ignored names."""
+    """Map file name -> path for the images directly in ``side_dir``; also the ignored
+    entries, each with why (a folder, a broken link, not an image name)."""
     images, ignored = {}, []
     for entry in side_dir.iterdir():
         if entry.is_file() and _is_image_name(entry.name):
             images[entry.name] = entry
+        elif entry.is_symlink() and not entry.exists():
+            ignored.append(f"{side_dir.name}/{entry.name} (a broken link)")
+        elif entry.is_dir():
+            ignored.append(f"{side_dir.name}/{entry.name} (a folder)")
         else:
             ignored.append(f"{side_dir.name}/{entry.name}")
     return images, sorted(ignored)
 
 
-def _unpaired_error(missing_right: List[str], missing_left: List[str], root: Path) -> ValueError:
+def _unpaired_error(
+    missing_right: List[str], missing_left: List[str], root: Path, ignored: List[str]
+) -> ValueError:
     """The error raised by :func:`load_tll` when some images have no partner."""
     lines = [f"TLL images in {root} are not all paired by file name."]
     if missing_right:
         lines.append(f"{len(missing_right)} left images have no right partner: {_format_list(missing_right)}")
     if missing_left:
         lines.append(f"{len(missing_left)} right images have no left partner: {_format_list(missing_left)}")
+    if ignored:  # e.g. a broken link where the partner should be
+        lines.append(f"Ignored entries (not images): {_format_list(ignored)}")
     lines.append(
-        "Restore the missing files, or call load_tll(..., check_pairs=False) to keep only the "
-        "complete pairs (the dropped files are then logged and listed in TLLPairs.unpaired)."
+        "Restore the missing files or remove the unpaired ones (finetuner-selfsup reproduce "
+        "uses complete pairs only); in Python, load_tll(..., check_pairs=False) keeps only "
+        "the complete pairs (the dropped files are then logged and listed in TLLPairs.unpaired)."
     )
     return ValueError("\n".join(lines))
 
@@ -342,7 +369,7 @@ def load_tll(path: PathLike, check_pairs: bool = True) -> TLLPairs:
     unpaired = missing_right + missing_left
     if unpaired:
         if check_pairs:
-            raise _unpaired_error(missing_right, missing_left, root)
+            raise _unpaired_error(missing_right, missing_left, root, ignored)
         logger.warning(
             "Dropped %d TLL images without a partner (check_pairs=False): %s",
             len(unpaired), ", ".join(unpaired),
@@ -350,7 +377,8 @@ def load_tll(path: PathLike, check_pairs: bool = True) -> TLLPairs:
 
     names = sorted(left.keys() & right.keys())
     if not names:
-        raise FileNotFoundError(f"No image pairs found in {root}. {DOWNLOAD_HINT}")
+        seen = f" Ignored entries: {_format_list(ignored)}." if ignored else ""  # e.g. left/left (a folder)
+        raise FileNotFoundError(f"No image pairs found in {root}.{seen} {DOWNLOAD_HINT}")
     return TLLPairs(
         left=DocumentArray(Document(uri=str(left[name])) for name in names),
         right=DocumentArray(Document(uri=str(right[name])) for name in names),
