@@ -230,17 +230,19 @@ class RunSettings:
                 )
 
         ratios_ok = all([number(name, at_most=1.0) for name in ("pretrain_ratio", "finetune_ratio", "supervised_ratio")])
-        if ratios_ok and round(self.pretrain_ratio + self.finetune_ratio, 12) >= 1:
+        # where the evaluation pairs start (rounded: 0.7 + 0.1 is 0.7999999999999999)
+        evaluation_start = round(self.pretrain_ratio + self.finetune_ratio, 12) if ratios_ok else None
+        if ratios_ok and evaluation_start >= 1:
             problems.append(
                 f"pretrain_ratio + finetune_ratio must be below 1, got {self.pretrain_ratio} + "
                 f"{self.finetune_ratio}: every column is evaluated on the pairs after them"
             )
-        if ratios_ok and round(self.supervised_ratio, 12) > round(self.pretrain_ratio + self.finetune_ratio, 12):
+        if ratios_ok and round(self.supervised_ratio, 12) > evaluation_start:
             # the 'fine-tuned' column trains on the first supervised_ratio of the pairs and is
             # evaluated, like every column, on those after pretrain_ratio + finetune_ratio
             problems.append(
                 f"supervised_ratio ({self.supervised_ratio}) must be at most pretrain_ratio + "
-                f"finetune_ratio ({round(self.pretrain_ratio + self.finetune_ratio, 12)}): the "
+                f"finetune_ratio ({evaluation_start}): the "
                 f"'fine-tuned' column trains on the first supervised_ratio of the pairs and every "
                 f"column is evaluated on the pairs after the first pretrain_ratio + finetune_ratio, "
                 f"so it would train on evaluation pairs; lower supervised_ratio"
