@@ -34,17 +34,17 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from finetuner_selfsup.cli import _parse_value
-from finetuner_selfsup.reproduce.columns import (
+from finetuner_selfsup.cli.experiments import _parse_value
+from finetuner_selfsup.experiments.reproduce.columns import (
     LABELS_ONLY,
     PRETRAINED,
     SELF_SUPERVISED,
     SELF_SUPERVISED_ONLY,
     SUPERVISED,
 )
-from finetuner_selfsup.reproduce.recipes import checked_recipe_name, get_recipe
-from finetuner_selfsup.reproduce.runner import TableRun
-from finetuner_selfsup.reproduce.settings import DEMO
+from finetuner_selfsup.experiments.reproduce.recipes import checked_recipe_name, get_recipe
+from finetuner_selfsup.experiments.reproduce.runner import TableRun
+from finetuner_selfsup.experiments.reproduce.settings import DEMO
 
 ROWS = (
     (PRETRAINED, "random init"),
@@ -59,11 +59,11 @@ def make_data(name: str, root: Path, pairs: int, seed: int = 0) -> Path:
     """The proxy ``name`` in ``root``; ``seed`` draws which pairs it holds and their
     order, and so which of them fall in the unlabelled, labelled and evaluated parts."""
     if name == "fonts":
-        from finetuner_selfsup.data.font_pairs import make_font_pairs
+        from finetuner_selfsup.experiments.data.font_pairs import make_font_pairs
 
         return make_font_pairs(root, num_pairs=pairs, seed=seed)
     if name == "shapes":
-        from finetuner_selfsup.data.demo_pairs import make_demo_pairs
+        from finetuner_selfsup.experiments.data.demo_pairs import make_demo_pairs
 
         return make_demo_pairs(root, num_pairs=pairs, seed=seed)
     raise SystemExit(f"unknown data set {name!r}; choose shapes or fonts")
